@@ -48,6 +48,7 @@ class EmbeddingQuant:
 
 def _const(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     """Register ``array`` as an initializer called ``name`` and return its value."""
+    array = np.array(array, copy=True, order="C")  # own the memory: ir.tensor keeps a reference, not a copy
     value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
     value.shape = ir.Shape(array.shape)
     value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
@@ -171,10 +172,7 @@ def _replace_output(graph: ir.Graph, node: ir.Node, new: ir.Value) -> None:
     old = node.outputs[0]
     name = old.name
     new.shape, new.type = old.shape, old.type
-    ir.convenience.replace_all_uses_with(old, new)
-    for index, output in enumerate(graph.outputs):
-        if output is old:
-            graph.outputs[index] = new
+    ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
     graph.remove(node, safe=True)
     old.name = None
     new.name = name

@@ -17,7 +17,18 @@ FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 # Per-pixel mean and std of the training split, after scaling to [0, 1].
 MEAN, STD = 0.2860, 0.3530
 INSTALL_HINT = "install it with: sudo apt-get install -y dataset-fashion-mnist (or pass data.root=DIR)"
@@ -52,7 +63,7 @@ class ImageArrayDataset(Dataset):
     """uint8 grey images as normalised float tensors [1, H, W]: x = (pixel / 255 - MEAN) / STD."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, mean: float = MEAN, std: float = STD) -> None:
-        self.images = torch.from_numpy(np.ascontiguousarray(images))
+        self.images = torch.from_numpy(np.array(images, copy=True))
         self.labels = torch.from_numpy(np.ascontiguousarray(labels))
         self.mean, self.std = mean, std
 

@@ -271,7 +271,7 @@ def _rewrite_fx_graph(gm: fx.GraphModule) -> None:
 
     for node in list(graph.nodes):
         if node.op == "call_function" and node.target is torch.quantize_per_tensor:
-            source, scale, zero_point, dtype = (_attr_value(gm, a) for a in node.args)
+            _, scale, zero_point, dtype = (_attr_value(gm, a) for a in node.args)
             qdq = add_qdq(node, node.args[0], float(scale), int(zero_point), dtype)
             node.replace_all_uses_with(qdq)
             graph.erase_node(node)

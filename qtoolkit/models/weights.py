@@ -62,7 +62,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
 def torchvision_weights_path(name: str) -> Path:
     """The local torch hub file for torchvision's weights of ``name`` (error if absent)."""
     if name not in TORCHVISION_FILES:
-        raise QtkError(f"no torchvision weights are known for {name!r}; use weights: train or a checkpoint path")
+        raise QtkError(
+            f"no torchvision weights are known for {name!r}; use weights: train or a checkpoint path"
+        )
     path = Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_FILES[name]
     if not path.is_file():
         raise QtkError(

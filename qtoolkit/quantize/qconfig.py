@@ -44,7 +44,9 @@ class ObserverSpec:
                 f"unknown activation observer {self.activation!r}; choose one of {', '.join(ACTIVATION_OBSERVERS)}"
             )
         if self.weight not in WEIGHT_SCHEMES:
-            raise QtkError(f"unknown weight observer {self.weight!r}; choose one of {', '.join(WEIGHT_SCHEMES)}")
+            raise QtkError(
+                f"unknown weight observer {self.weight!r}; choose one of {', '.join(WEIGHT_SCHEMES)}"
+            )
         if not 2 <= self.weight_bits <= 8:
             raise QtkError(f"weight_bits must be between 2 and 8, not {self.weight_bits}")
 

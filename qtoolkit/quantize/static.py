@@ -37,7 +37,14 @@ _COMPUTE_MODULES = (
     nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softmax, nn.LSTM, nn.Embedding,
 )  # fmt: skip
 # Quantized modules our ONNX reference cannot rebuild yet: keep their float originals.
-_NOT_EXPORTABLE = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.Embedding, nn.EmbeddingBag)
+_NOT_EXPORTABLE = (
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.Embedding,
+    nn.EmbeddingBag,
+)
 
 
 @dataclass(frozen=True)

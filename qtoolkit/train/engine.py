@@ -106,12 +106,15 @@ class TrainResult:
 
 
 class Callback:
-    """Hooks called by :func:`fit`; override what you need. Must be idempotent per epoch, because
-    ``on_epoch_start`` is called again for the epoch a resumed run restarts in."""
+    """Hooks called by :func:`fit`; override what you need. Must be idempotent, because a resumed
+    run calls ``on_train_start`` and ``on_epoch_start`` again for the epoch it restarts in."""
 
     def on_train_start(self, model: nn.Module, config: TrainConfig) -> None: ...
 
     def on_epoch_start(self, epoch: int, model: nn.Module) -> None: ...
+
+    def on_step_start(self, step: int, model: nn.Module) -> None:
+        """``step`` = optimizer steps completed so far (0 before the first)."""
 
     def on_step_end(self, step: int, model: nn.Module, loss: float) -> None: ...
 
@@ -308,6 +311,7 @@ def fit(
         correct, counted, loss_sum, loss_count = 0, 0, 0.0, 0
         epoch_started, epoch_samples = time.perf_counter(), 0
         for batch in loader:
+            _call(callbacks, "on_step_start", global_step, model)
             with _autocast(device, config.precision):
                 loss, logits, labels = forward_loss(model, batch, device)
             optimizer.zero_grad(set_to_none=True)

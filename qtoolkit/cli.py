@@ -36,15 +36,17 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from qtoolkit.bench.resnet import bench_resnet
-    from qtoolkit.report.writer import write_text_atomic
+    import json
 
-    result, table = bench_resnet(args.model, args.image_size, args.batch_sizes, args.threads, args.repeats)
-    print(table)
+    from qtoolkit.atomic import write_text_atomic
+    from qtoolkit.evaluate.benchmark import bench_image_model, format_bench
+
+    results = bench_image_model(
+        args.model, args.image_size, args.batch_sizes, args.threads, args.repeats, args.rounds
+    )
+    print(format_bench(results))
     if args.json:
-        import json
-
-        write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
+        write_text_atomic(args.json, json.dumps(results, indent=2) + "\n")
     return 0
 
 
@@ -79,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--image-size", type=int, default=224)
     bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     bench.add_argument("--threads", type=int, default=2)
-    bench.add_argument("--repeats", type=int, default=50)
+    bench.add_argument("--repeats", type=int, default=50, help="timed runs per measurement")
+    bench.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best median is kept")
     bench.add_argument("--json", default=None, help="also write the results as JSON to this file")
     bench.set_defaults(func=_cmd_bench)
     return parser

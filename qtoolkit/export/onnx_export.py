@@ -13,6 +13,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 import torch
+from onnx_ir.passes.common import ClearMetadataAndDocStringPass
 from torch import nn
 
 from qtoolkit.atomic import atomic_path
@@ -62,6 +63,7 @@ def export_onnx(
         raise QtkError(f"ONNX export of {type(module).__name__} failed: {first_line}") from error
     model: ir.Model = program.model
     changes = make_ort_friendly(model)
+    ClearMetadataAndDocStringPass()(model)  # exporter stack traces: debugging aid, not deployment payload
     with atomic_path(path) as tmp:
         ir.save(model, tmp)
         onnx.checker.check_model(str(tmp), full_check=True)

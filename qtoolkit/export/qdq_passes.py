@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
 
 # Ops whose INT8 version keeps the input's (scale, zero point); see module docstring.
 PASSTHROUGH_OPS = frozenset(
@@ -125,4 +126,7 @@ def requantize_passthrough(model: ir.Model) -> int:
 
 def make_ort_friendly(model: ir.Model) -> dict[str, int]:
     """Run every pass; return how many places each one changed (recorded in the export log)."""
-    return {"requantized_passthrough": requantize_passthrough(model), "quantized_bias": quantize_bias(model)}
+    changes = {"requantized_passthrough": requantize_passthrough(model), "quantized_bias": quantize_bias(model)}
+    RemoveUnusedNodesPass()(model)  # drops the float biases that were replaced (and their initializers)
+    TopologicalSortPass()(model)
+    return changes

@@ -1,0 +1,103 @@
+"""The exported INT8 QDQ ONNX computes what torch's INT8 model computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from models_for_tests import PlainNet, StubbedNet, calibration_batches
+from torchvision.models.quantization.resnet import QuantizableBasicBlock
+
+from qtoolkit import quantize
+from qtoolkit.evaluate.ort_runtime import make_session, model_size_mb
+from qtoolkit.export import export_int8_onnx, export_onnx, onnx_op_counts, to_reference
+from qtoolkit.quantize import ObserverSpec, StaticQuantConfig
+
+
+def _static(model, mode="auto", **observer_args):
+    config = StaticQuantConfig(observers=ObserverSpec(reduce_range=False, **observer_args), mode=mode)
+    batches = calibration_batches()
+    return quantize(model.eval(), config, calibration=batches, example_input=batches[0][:1]).int8_model
+
+
+def _run(path, x):
+    session = make_session(path, threads=1)
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+@pytest.mark.parametrize("model_cls", [StubbedNet, PlainNet])
+def test_int8_onnx_matches_torch_int8_within_one_lsb(tmp_path, model_cls):
+    int8 = _static(model_cls())
+    path = tmp_path / "int8.onnx"
+    export_int8_onnx(int8, torch.randn(1, 3, 16, 16), path)
+    x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        expected = int8(x).numpy()
+    got = _run(path, x)
+    # The last quantized op's output scale is one LSB of the logits.
+    output_scale = [m for m in to_reference(int8).modules() if hasattr(m, "scale")][-1].scale
+    assert np.abs(got - expected).max() <= output_scale * 1.01
+
+
+def test_fused_resnet_block_exports_without_batchnorm_and_with_int8_weights(tmp_path):
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant, self.dequant = torch.ao.quantization.QuantStub(), torch.ao.quantization.DeQuantStub()
+            self.block = QuantizableBasicBlock(3, 3)
+
+        def forward(self, x):
+            return self.dequant(self.block(self.quant(x)))
+
+        def fuse_model(self, is_qat=False):
+            self.block.fuse_model(is_qat)
+
+    fp32_path, int8_path = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    model = Block().eval()
+    export_onnx(model, torch.randn(1, 3, 16, 16), fp32_path)
+    export_int8_onnx(_static(model), torch.randn(1, 3, 16, 16), int8_path)
+    ops = onnx_op_counts(int8_path)
+    assert "BatchNormalization" not in ops
+    assert ops["Conv"] == 2 and ops["QuantizeLinear"] >= 3
+    graph = onnx.load(str(int8_path)).graph
+    conv_weights = [i for i in graph.initializer if i.name.endswith("int_weight")]
+    assert conv_weights and all(i.data_type == onnx.TensorProto.INT8 for i in conv_weights)
+    onnx.checker.check_model(str(int8_path), full_check=True)
+
+
+def test_int8_onnx_has_dynamic_batch_and_int32_biases(tmp_path):
+    int8 = _static(StubbedNet())
+    path = tmp_path / "int8.onnx"
+    export_int8_onnx(int8, torch.randn(1, 3, 16, 16), path)
+    for batch in (1, 5):
+        assert _run(path, torch.randn(batch, 3, 16, 16)).shape == (batch, 5)
+    graph = onnx.load(str(path)).graph
+    assert any(i.data_type == onnx.TensorProto.INT32 for i in graph.initializer)  # quantized biases
+
+
+def test_fx_mode_keeps_unquantizable_op_in_float_with_warning(tmp_path):
+    with pytest.warns(UserWarning, match=r"kept in float.*act \(GELU\)"):
+        int8 = _static(PlainNet(), mode="fx")
+    path = tmp_path / "int8.onnx"
+    export_int8_onnx(int8, torch.randn(1, 3, 16, 16), path)
+    assert "Gelu" in onnx_op_counts(path) or "Erf" in onnx_op_counts(path)
+
+
+def test_per_tensor_weights_and_minmax_export(tmp_path):
+    int8 = _static(StubbedNet(), activation="minmax", weight="per_tensor")
+    path = tmp_path / "int8.onnx"
+    export_int8_onnx(int8, torch.randn(1, 3, 16, 16), path)
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        expected = int8(x).numpy()
+    assert np.argmax(_run(path, x), 1).tolist() == np.argmax(expected, 1).tolist()
+
+
+def test_int8_file_is_much_smaller(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), torch.nn.ReLU(), torch.nn.Conv2d(64, 64, 3)).eval()
+    int8 = _static(model, mode="fx")
+    export_onnx(model, torch.randn(1, 3, 16, 16), tmp_path / "fp32.onnx")
+    export_int8_onnx(int8, torch.randn(1, 3, 16, 16), tmp_path / "int8.onnx")
+    # 4 bytes -> 1 byte per weight; biases (int32) and per-channel scales stay 4 bytes.
+    assert model_size_mb(tmp_path / "fp32.onnx") / model_size_mb(tmp_path / "int8.onnx") > 3.3

@@ -8,6 +8,7 @@ Python API (the CLI ``qtk`` is a thin layer over it)::
 """
 
 from qtoolkit.errors import QtkError
+from qtoolkit.evaluate.parity import check_parity
 from qtoolkit.export import export_int8_onnx, export_onnx
 from qtoolkit.quantize import ObserverSpec, QuantizedModel, StaticQuantConfig, quantize
 
@@ -19,6 +20,7 @@ __all__ = [
     "QuantizedModel",
     "StaticQuantConfig",
     "__version__",
+    "check_parity",
     "export_int8_onnx",
     "export_onnx",
     "quantize",

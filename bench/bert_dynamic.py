@@ -1,0 +1,215 @@
+"""Dynamic INT8 BERT on Rotten Tomatoes: accuracy, agreement, size and speed, in one run.
+
+    python bench/bert_dynamic.py                      # MiniLM-L6, cached fine-tune, 2 threads
+    python bench/bert_dynamic.py --variants           # also torch INT8 accuracy of other configs
+
+Measures on the same seeded test split and the same batches (64, padded to the longest):
+FP32 torch, torch dynamic INT8, FP32 ONNX, our INT8 ONNX, and onnxruntime's own
+``quantize_dynamic`` of the FP32 ONNX (the peer). Latency is seq 128 at batch 1 and 8, same process,
+same thread count, models measured in interleaved rounds (best median over rounds, to damp noise
+from other processes on the machine). Writes ``OUT/results.json`` and ``OUT/deploy/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from qtoolkit.atomic import write_text_atomic  # noqa: E402
+from qtoolkit.data.text import load_rotten_tomatoes, stratified_split  # noqa: E402
+from qtoolkit.deploy import predict, write_deploy_dir  # noqa: E402
+from qtoolkit.evaluate.latency import measure_latency  # noqa: E402
+from qtoolkit.evaluate.ort_runtime import make_session, model_size_mb  # noqa: E402
+from qtoolkit.export.dynamic_onnx import export_dynamic_int8_onnx, export_onnx  # noqa: E402
+from qtoolkit.models.bert import (  # noqa: E402
+    FineTuneConfig,
+    fine_tune_cached,
+    load_encoder,
+    predict_logits,
+)
+from qtoolkit.quantize.dynamic import DynamicQuantConfig, quantize_dynamic  # noqa: E402
+from qtoolkit.report.environment import collect_environment  # noqa: E402
+
+
+def onnx_logits(session, encoder, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    names = [value.name for value in session.get_inputs()]
+    out = []
+    for start in range(0, len(texts), batch_size):
+        feeds = encoder.encode(texts[start : start + batch_size])
+        out.append(session.run(None, {name: feeds[name] for name in names})[0])
+    return np.concatenate(out)
+
+
+def synthetic_feeds(vocab: int, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Full-length inputs ([CLS] random tokens [SEP]) so that every call does seq-128 work."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, vocab, (batch, seq))
+    ids[:, 0], ids[:, -1] = 101, 102
+    return {
+        "input_ids": ids.astype(np.int64),
+        "attention_mask": np.ones((batch, seq), np.int64),
+        "token_type_ids": np.zeros((batch, seq), np.int64),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="minilm-l6")
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--lr", type=float, default=8e-5)
+    parser.add_argument("--warmup", type=int, default=15)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--precision", default="none", choices=["none", "bf16"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor")
+    parser.add_argument("--reduce-range", action="store_true", help="7-bit activations (torch default)")
+    parser.add_argument("--exclude", nargs="*", default=[], help="module name patterns kept in float")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--variants", action="store_true")
+    parser.add_argument("--out", default="runs/bert_dynamic")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+    splits = stratified_split(load_rotten_tomatoes(), seed=args.seed)
+    ft = FineTuneConfig(
+        steps=args.steps, lr=args.lr, warmup_steps=args.warmup, max_length=args.max_length,
+        precision=args.precision, seed=args.seed,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    model, ft_dir, cached = fine_tune_cached(args.model, splits.train, splits.fingerprint, ft)
+    print(f"fine-tuned model: {ft_dir} ({'cache' if cached else f'{time.perf_counter() - t0:.0f} s'})")
+    encoder = load_encoder(ft_dir, args.max_length)
+    texts, labels = splits.test.texts, np.asarray(splits.test.labels)
+
+    qconfig = DynamicQuantConfig(
+        per_channel=not args.per_tensor, reduce_range=args.reduce_range, exclude=tuple(args.exclude)
+    )
+    qmodel = quantize_dynamic(model, qconfig)
+    logits = {
+        "fp32_torch": predict_logits(model, encoder, texts),
+        "int8_torch": predict_logits(qmodel, encoder, texts),
+    }
+
+    example = {k: torch.from_numpy(v) for k, v in encoder.encode(texts[:2]).items()}
+    paths = {"fp32_onnx": out / "model_fp32.onnx", "int8_onnx": out / "model_int8.onnx"}
+    export_onnx(model, example, paths["fp32_onnx"])
+    result = export_dynamic_int8_onnx(
+        qmodel, example, paths["int8_onnx"], metadata={"quant": qconfig.to_dict()}
+    )
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+
+    paths["ort_peer"] = out / "model_ort_dynamic.onnx"
+    ort_quantize_dynamic(str(paths["fp32_onnx"]), str(paths["ort_peer"]), weight_type=QuantType.QInt8)
+    sessions = {name: make_session(path, threads=args.threads) for name, path in paths.items()}
+    for name, session in sessions.items():
+        logits[name] = onnx_logits(session, encoder, texts)
+
+    preds = {name: value.argmax(-1) for name, value in logits.items()}
+    accuracy = {name: float((pred == labels).mean()) for name, pred in preds.items()}
+    agreement = float((preds["int8_onnx"] == preds["int8_torch"]).mean())
+    sizes = {name: model_size_mb(path) for name, path in paths.items()}
+
+    vocab = model.config.vocab_size
+    latency: dict[str, dict[str, float]] = {}
+    for batch in (1, 8):
+        feeds = synthetic_feeds(vocab, batch, 128)
+        tfeeds = {k: torch.from_numpy(v) for k, v in feeds.items()}
+        calls = {name: (lambda s=session: s.run(None, feeds)) for name, session in sessions.items()}
+        with torch.no_grad():
+            calls["fp32_torch"] = lambda: model(**tfeeds)
+            calls["int8_torch"] = lambda: qmodel(**tfeeds)
+            best: dict[str, float] = {}
+            for _ in range(args.rounds):
+                for name, call in calls.items():
+                    median = measure_latency(call, warmup=3, repeats=10 if batch == 8 else 20).median_ms
+                    best[name] = min(best.get(name, float("inf")), median)
+        latency[f"batch{batch}"] = best
+
+    variants = {}
+    if args.variants:
+        for label, config in {
+            "per_tensor_reduce_range (torch default)": DynamicQuantConfig(
+                per_channel=False, reduce_range=True
+            ),
+            "per_channel_reduce_range": DynamicQuantConfig(reduce_range=True),
+            "per_channel_full_range": DynamicQuantConfig(),
+            "per_channel_full_range_float_classifier": DynamicQuantConfig(exclude=("classifier",)),
+        }.items():
+            variant_logits = predict_logits(quantize_dynamic(model, config), encoder, texts)
+            variants[label] = float((variant_logits.argmax(-1) == labels).mean())
+
+    deploy = write_deploy_dir(out / "deploy", paths["int8_onnx"], encoder, splits.label_names,
+                              extra={"quant": qconfig.to_dict(), "split": splits.manifest()})  # fmt: skip
+    examples = ["A gorgeous, witty and deeply moving film.", "Tedious, overlong and badly acted."]
+    predictions = [p.to_dict() for p in predict(deploy, examples)]
+
+    speedup = {k: v["fp32_onnx"] / v["int8_onnx"] for k, v in latency.items()}
+    peer_speedup = {k: v["fp32_onnx"] / v["ort_peer"] for k, v in latency.items()}
+    checks = {
+        "fp32_torch_accuracy>=0.80": accuracy["fp32_torch"] >= 0.80,
+        "int8_onnx_drop<=1.0pp": accuracy["fp32_torch"] - accuracy["int8_onnx"] <= 0.010,
+        "agreement_with_torch_int8>=99%": agreement >= 0.99,
+        "size_ratio>=3.5": sizes["fp32_onnx"] / sizes["int8_onnx"] >= 3.5,
+        "speedup_batch1>=1.9": speedup["batch1"] >= 1.9,
+        "speedup_batch8>=1.9": speedup["batch8"] >= 1.9,
+        "accuracy>=ort_peer": accuracy["int8_onnx"] >= accuracy["ort_peer"],
+    }
+    report = {
+        "environment": collect_environment(args.threads),
+        "split": splits.manifest(),
+        "fine_tune": {"dir": str(ft_dir), "config": ft.to_dict(), "cached": cached},
+        "quant_config": qconfig.to_dict(),
+        "accuracy": accuracy,
+        "agreement_int8_onnx_vs_int8_torch": agreement,
+        "max_abs_logit_diff_int8_onnx_vs_int8_torch": float(
+            np.abs(logits["int8_onnx"] - logits["int8_torch"]).max()
+        ),
+        "size_mb": sizes,
+        "size_ratio_fp32_over_int8": sizes["fp32_onnx"] / sizes["int8_onnx"],
+        "latency_ms_seq128": latency,
+        "speedup_int8_onnx_vs_fp32_onnx": speedup,
+        "speedup_ort_peer_vs_fp32_onnx": peer_speedup,
+        "variants_int8_torch_accuracy": variants,
+        "example_predictions": predictions,
+        "checks": checks,
+    }
+    write_text_atomic(out / "results.json", json.dumps(report, indent=2, default=str) + "\n")
+
+    print(f"split {splits.sizes()} sha256 {splits.fingerprint[:16]}…  threads {args.threads}")
+    print(f"{'model':<12}{'accuracy':>10}{'size MB':>10}{'b1 ms':>9}{'b8 ms':>9}")
+    for name in ("fp32_torch", "int8_torch", "fp32_onnx", "int8_onnx", "ort_peer"):
+        size = f"{sizes[name]:.1f}" if name in sizes else "-"
+        b1, b8 = latency["batch1"][name], latency["batch8"][name]
+        print(f"{name:<12}{accuracy[name] * 100:>9.2f}%{size:>10}{b1:>9.2f}{b8:>9.2f}")
+    print(f"agreement INT8 ONNX vs torch INT8: {agreement * 100:.2f}%  (max |Δlogit| "
+          f"{report['max_abs_logit_diff_int8_onnx_vs_int8_torch']:.2e})")  # fmt: skip
+    print(f"size FP32/INT8 ONNX: {report['size_ratio_fp32_over_int8']:.2f}x")
+    for key in ("batch1", "batch8"):
+        print(
+            f"speed-up vs FP32 ONNX {key}: ours {speedup[key]:.2f}x   ort quantize_dynamic {peer_speedup[key]:.2f}x"
+        )
+    for label, value in variants.items():
+        print(f"variant {label}: torch INT8 accuracy {value * 100:.2f}%")
+    print("predict:", [(p["label"], round(p["score"], 3)) for p in predictions])
+    for name, ok in checks.items():
+        print(f"{'PASS' if ok else 'FAIL'}  {name}")
+
+
+if __name__ == "__main__":
+    main()

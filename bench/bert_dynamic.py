@@ -24,20 +24,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qtoolkit.atomic import write_text_atomic  # noqa: E402
-from qtoolkit.data.text import load_rotten_tomatoes, stratified_split  # noqa: E402
-from qtoolkit.deploy import predict, write_deploy_dir  # noqa: E402
-from qtoolkit.evaluate.latency import measure_latency  # noqa: E402
-from qtoolkit.evaluate.ort_runtime import make_session, model_size_mb  # noqa: E402
-from qtoolkit.export.dynamic_onnx import export_dynamic_int8_onnx, export_onnx  # noqa: E402
-from qtoolkit.models.bert import (  # noqa: E402
+from qtoolkit.atomic import write_text_atomic
+from qtoolkit.data.text import load_rotten_tomatoes, stratified_split
+from qtoolkit.deploy import predict, write_deploy_dir
+from qtoolkit.evaluate.latency import measure_latency
+from qtoolkit.evaluate.ort_runtime import make_session, model_size_mb
+from qtoolkit.export.dynamic_onnx import export_dynamic_int8_onnx, export_onnx
+from qtoolkit.models.bert import (
     FineTuneConfig,
     fine_tune_cached,
     load_encoder,
     predict_logits,
 )
-from qtoolkit.quantize.dynamic import DynamicQuantConfig, quantize_dynamic  # noqa: E402
-from qtoolkit.report.environment import collect_environment  # noqa: E402
+from qtoolkit.quantize.dynamic import DynamicQuantConfig, quantize_dynamic
+from qtoolkit.report.environment import collect_environment
 
 
 def onnx_logits(session, encoder, texts: list[str], batch_size: int = 64) -> np.ndarray:
@@ -108,9 +108,7 @@ def main() -> None:
     example = {k: torch.from_numpy(v) for k, v in encoder.encode(texts[:2]).items()}
     paths = {"fp32_onnx": out / "model_fp32.onnx", "int8_onnx": out / "model_int8.onnx"}
     export_onnx(model, example, paths["fp32_onnx"])
-    result = export_dynamic_int8_onnx(
-        qmodel, example, paths["int8_onnx"], metadata={"quant": qconfig.to_dict()}
-    )
+    export_dynamic_int8_onnx(qmodel, example, paths["int8_onnx"], metadata={"quant": qconfig.to_dict()})
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
@@ -130,10 +128,10 @@ def main() -> None:
     for batch in (1, 8):
         feeds = synthetic_feeds(vocab, batch, 128)
         tfeeds = {k: torch.from_numpy(v) for k, v in feeds.items()}
-        calls = {name: (lambda s=session: s.run(None, feeds)) for name, session in sessions.items()}
+        calls = {name: (lambda s=session, f=feeds: s.run(None, f)) for name, session in sessions.items()}
         with torch.no_grad():
-            calls["fp32_torch"] = lambda: model(**tfeeds)
-            calls["int8_torch"] = lambda: qmodel(**tfeeds)
+            calls["fp32_torch"] = lambda f=tfeeds: model(**f)
+            calls["int8_torch"] = lambda f=tfeeds: qmodel(**f)
             best: dict[str, float] = {}
             for _ in range(args.rounds):
                 for name, call in calls.items():

@@ -175,7 +175,6 @@ def test_schedule_freezes_observers_and_bn_from_their_epochs(fp32_model: nn.Modu
         progress=False,
     )
     model = result.qat_model
-    model.apply(lambda m: None)
     final_scale = float(model.conv1.activation_post_process.scale)
     assert probe.scales[1] != probe.scales[2]  # observers still moving in epoch 1
     assert probe.scales[2] == probe.scales[3] == final_scale  # frozen from epoch 2 on
@@ -251,6 +250,7 @@ def test_qat_schedule_is_idempotent() -> None:
     assert not model.conv1.freeze_bn
 
 
+@pytest.mark.slow  # ~15-60 s: builds ResNet-50 three times
 def test_gpu_check_cpu_smoke() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, str(REPO / "bench" / "gpu_qat_check.py"), "--device", "cpu"]

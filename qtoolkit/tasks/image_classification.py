@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -105,7 +106,9 @@ def _baseline(
             "path": str(weights_path),
         }
     log.info("training the FP32 baseline (%s epochs); cached at %s", recipe.train.epochs, weights_path)
-    result = fit(model, train, _train_config(recipe), progress=True)
+    # Epoch checkpoints next to the cache entry: an interrupted run resumes instead of restarting.
+    checkpoints = weights_path.with_name(weights_path.stem + "-checkpoints")
+    result = fit(model, train, _train_config(recipe), checkpoint_dir=checkpoints, resume=True, progress=True)
     model.eval()
     accuracy = evaluate_accuracy(model, test, "cpu", batch_size=recipe.evaluate.batch_size)
     with atomic_path(weights_path) as tmp:
@@ -117,6 +120,7 @@ def _baseline(
         "steps": result.global_step,
     }
     write_text_atomic(meta_path, json.dumps(meta, indent=2))
+    shutil.rmtree(checkpoints, ignore_errors=True)
     return model, {**meta, "source": "trained", "path": str(weights_path)}
 
 

@@ -50,6 +50,32 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from qtoolkit.analyze.run import analyze_recipe
+    from qtoolkit.recipe import load_recipe
+
+    result = analyze_recipe(load_recipe(args.recipe, args.set or []), args.out, args.batches, args.cache)
+    print(result["table"] if args.all else "\n".join(result["table"].splitlines()[: 2 + args.top]))
+    print(f"layerwise.md, layerwise.json, layerwise.png in {args.out}")
+    return 0
+
+
+def _cmd_compare_ort(args: argparse.Namespace) -> int:
+    import json
+
+    from qtoolkit.analyze.run import compare_ort_recipe
+    from qtoolkit.atomic import write_text_atomic
+    from qtoolkit.evaluate.ort_compare import format_comparison
+    from qtoolkit.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set or [])
+    results = compare_ort_recipe(recipe, tuple(args.ort_methods), args.work_dir, args.cache, args.rounds)
+    print(format_comparison(results, recipe.name))
+    if args.json:
+        write_text_atomic(args.json, json.dumps(results, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qtk", description="Quantize PyTorch models to INT8 ONNX and verify them."
@@ -85,6 +111,31 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best median is kept")
     bench.add_argument("--json", default=None, help="also write the results as JSON to this file")
     bench.set_defaults(func=_cmd_bench)
+
+    analyze = commands.add_parser("analyze", help="per-layer SQNR of a static recipe's INT8 model vs FP32")
+    analyze.add_argument("recipe", help="recipe file (YAML) with quantize.method: static")
+    analyze.add_argument("--out", required=True, help="directory for layerwise.md/.json/.png")
+    analyze.add_argument("--batches", type=int, default=2, help="calibration batches to measure on")
+    analyze.add_argument("--top", type=int, default=15, help="rows to print (worst first)")
+    analyze.add_argument("--all", action="store_true", help="print every layer")
+    analyze.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key")
+    analyze.add_argument("--cache", default=None, help="cache directory (default $QTK_CACHE)")
+    analyze.set_defaults(func=_cmd_analyze)
+
+    compare = commands.add_parser(
+        "compare-ort", help="qtoolkit INT8 ONNX vs onnxruntime quantize_static: agreement, latency, size"
+    )
+    compare.add_argument("recipe", help="recipe file (YAML) with quantize.method: static")
+    compare.add_argument(
+        "--ort-methods", nargs="+", default=["minmax", "entropy", "percentile"],
+        choices=["minmax", "entropy", "percentile"], help="onnxruntime calibration methods",
+    )  # fmt: skip
+    compare.add_argument("--rounds", type=int, default=3, help="alternating latency rounds")
+    compare.add_argument("--work-dir", default=None, help="keep the ONNX models here")
+    compare.add_argument("--json", default=None, help="also write the results as JSON to this file")
+    compare.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key")
+    compare.add_argument("--cache", default=None, help="cache directory (default $QTK_CACHE)")
+    compare.set_defaults(func=_cmd_compare_ort)
     return parser
 
 

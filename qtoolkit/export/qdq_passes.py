@@ -9,6 +9,10 @@ reference does not, so:
   scale = s_input * s_weight (per output channel), zero point 0, read through DequantizeLinear.
   (torch's fbgemm adds the float bias after requantizing; rounding it to s_input * s_weight
   moves the output by far less than one output LSB.)
+* ``drop_redundant_clips``: a Clip/Relu reading a DequantizeLinear whose whole representable range
+  [(qmin − zp)·s, (qmax − zp)·s] already lies inside the clip bounds is the identity (torch's INT8
+  ReLU6 after a conv whose output qparams were clamp-aware is exactly this); removing it lets
+  the next op read the DequantizeLinear directly.
 * ``requantize_passthrough``: ops that keep the integer grid of their input (MaxPool, reshapes,
   average pools, whose torch INT8 kernels round back onto the input's grid) get a Q/DQ pair with
   the input's qparams on their output, so the next op again sees a DequantizeLinear.
@@ -96,6 +100,46 @@ def quantize_bias(model: ir.Model) -> int:
     return count
 
 
+_CLIP_OPS = {"Clip": None, "Relu": (0.0, np.inf)}  # op -> fixed bounds (None: read min/max inputs)
+_INT_RANGES = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
+
+
+def _clip_bounds(node: ir.Node) -> tuple[float, float] | None:
+    fixed = _CLIP_OPS[node.op_type]
+    if fixed is not None:
+        return fixed
+    bounds = []
+    for index, default in ((1, -np.inf), (2, np.inf)):
+        value = node.inputs[index] if len(node.inputs) > index else None
+        const = _const(value) if value is not None else None
+        if value is not None and const is None:
+            return None
+        bounds.append(default if const is None else float(const.reshape(())))
+    return bounds[0], bounds[1]
+
+
+def drop_redundant_clips(model: ir.Model) -> int:
+    """Remove Clip/Relu that cannot change a dequantized input (see module docstring)."""
+    graph, count = model.graph, 0
+    for node in list(graph):
+        if node.op_type not in _CLIP_OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        params, bounds = _dequantize_params(node.inputs[0]), _clip_bounds(node)
+        if params is None or bounds is None or params[0].size != 1 or node.outputs[0].is_graph_output():
+            continue
+        scale, zero_point = float(params[0].reshape(())), params[1]
+        qmin, qmax = _INT_RANGES.get(zero_point.dtype, (None, None))
+        if qmin is None:
+            continue
+        zp, eps = int(zero_point.reshape(())), 0.5 * scale
+        if (qmin - zp) * scale < bounds[0] - eps or (qmax - zp) * scale > bounds[1] + eps:
+            continue
+        node.outputs[0].replace_all_uses_with(node.inputs[0])
+        graph.remove(node, safe=True)
+        count += 1
+    return count
+
+
 def requantize_passthrough(model: ir.Model) -> int:
     """Give grid-preserving ops a Q/DQ (input qparams) on their output when nothing quantizes it."""
     graph, count = model.graph, 0
@@ -126,7 +170,11 @@ def requantize_passthrough(model: ir.Model) -> int:
 
 def make_ort_friendly(model: ir.Model) -> dict[str, int]:
     """Run every pass; return how many places each one changed (recorded in the export log)."""
-    changes = {"requantized_passthrough": requantize_passthrough(model), "quantized_bias": quantize_bias(model)}
+    changes = {
+        "dropped_clips": drop_redundant_clips(model),
+        "requantized_passthrough": requantize_passthrough(model),
+        "quantized_bias": quantize_bias(model),
+    }
     RemoveUnusedNodesPass()(model)  # drops the float biases that were replaced (and their initializers)
     TopologicalSortPass()(model)
     return changes

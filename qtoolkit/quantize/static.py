@@ -7,6 +7,11 @@ Two front ends reach the same converted INT8 model (and so the same ONNX export)
   observer placement come from the backend config.
 Ops torch cannot quantize stay in float between a dequantize and a quantize; they are named in a
 warning rather than crashing.
+
+In FX mode two general rules (``qtoolkit.quantize.canonical``) run by default: functional
+conv/linear calls on a module's own parameters become leaf modules (so BN folds and ReLU fuses),
+and observers feeding a clamp (ReLU6, Hardtanh, ReLU) observe the clamped value. Zero padding
+shares its input's qparams (padding with the zero point is exact), like max-pooling.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from tqdm.auto import tqdm
 
 from qtoolkit.data.calibration import CalibrationReader, checked_batches
 from qtoolkit.errors import QtkError
+from qtoolkit.quantize.canonical import canonicalize_for_fx, clamp_aware_observers, run_grid_ops_on_int8
 from qtoolkit.quantize.qconfig import ObserverSpec, build_qconfig, set_backend
 
 # Float modules that FX/eager leave unquantized for a reason other than "unsupported": they either
@@ -55,6 +61,8 @@ class StaticQuantConfig:
     observers: ObserverSpec = field(default_factory=ObserverSpec)
     mode: str = "auto"  # auto (eager when the model has QuantStubs) | eager | fx
     skip_modules: tuple[str, ...] = ()  # module names (prefixes) left in float
+    canonicalize: bool = True  # FX: functional conv/linear on own parameters -> leaf modules
+    clamp_aware: bool = True  # FX: observers feeding ReLU6/Hardtanh/ReLU observe the clamped value
 
 
 @dataclass
@@ -63,6 +71,8 @@ class StaticQuantResult:
     mode: str
     calibration_batches: int
     float_modules: list[str]
+    observed_model: nn.Module | None = None  # calibrated float model before convert (keep_observed)
+    rules: dict[str, list[str]] = field(default_factory=dict)  # what the FX rules changed
 
 
 def has_quant_stubs(model: nn.Module) -> bool:
@@ -91,10 +101,35 @@ def _prepare_eager(model: nn.Module, qconfig: tq.QConfig, skip: tuple[str, ...])
     return tq.prepare(model, inplace=True)
 
 
+def backend_config() -> object:
+    """torch's native backend config plus zero padding as an op sharing its input's qparams."""
+    import torch.ao.quantization.quantize_fx  # noqa: F401  (initialises backend_config.utils)
+    from torch.ao.quantization.backend_config import (
+        BackendPatternConfig,
+        ObservationType,
+        get_native_backend_config,
+    )
+
+    config = get_native_backend_config()
+    shared = next(c for c in config.configs if c.pattern is nn.MaxPool2d).dtype_configs
+    for pad in (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d):
+        pattern = BackendPatternConfig(pad).set_observation_type(
+            ObservationType.OUTPUT_SHARE_OBSERVER_WITH_INPUT
+        )
+        config.set_backend_pattern_config(pattern.set_dtype_configs(shared))
+    return config
+
+
 def _prepare_fx(
-    model: nn.Module, qconfig: tq.QConfig, skip: tuple[str, ...], example: torch.Tensor
+    model: nn.Module,
+    qconfig: tq.QConfig,
+    config: StaticQuantConfig,
+    example: torch.Tensor,
+    rules: dict[str, list[str]],
 ) -> tuple[nn.Module, list[str]]:
     from torch.ao.quantization.quantize_fx import prepare_fx
+
+    skip = config.skip_modules
 
     mapping = tq.QConfigMapping().set_global(qconfig)
     kept = []
@@ -104,7 +139,12 @@ def _prepare_fx(
             if not name.startswith(tuple(f"{s}." for s in skip)) and name not in skip:
                 kept.append(f"{name} ({type(module).__name__}: no INT8 ONNX export yet)")
     try:
-        return prepare_fx(model, mapping, example_inputs=(example,)), kept
+        if config.canonicalize:
+            model, rules["canonicalized"] = canonicalize_for_fx(model)
+        prepared = prepare_fx(model, mapping, example_inputs=(example,), backend_config=backend_config())
+        if config.clamp_aware:
+            rules["clamp_aware_observers"] = clamp_aware_observers(prepared)
+        return prepared, kept
     except Exception as error:  # symbolic tracing raises many types
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise QtkError(
@@ -130,8 +170,12 @@ def quantize_static(
     config: StaticQuantConfig,
     calibration: CalibrationReader | Iterable[object],
     example_input: torch.Tensor,
+    keep_observed: bool = False,
 ) -> StaticQuantResult:
-    """Fuse, observe ``calibration`` batches, convert. ``model`` itself is not modified."""
+    """Fuse, observe ``calibration`` batches, convert. ``model`` itself is not modified.
+
+    ``keep_observed`` also returns the calibrated float model (observers in place) for diagnostics.
+    """
     set_backend(config.backend)
     qconfig = build_qconfig(config.observers)
     mode = config.mode
@@ -140,21 +184,25 @@ def quantize_static(
     if mode not in ("eager", "fx"):
         raise QtkError(f"quantize.mode must be auto, eager or fx, not {config.mode!r}")
     model = copy.deepcopy(model).eval()
+    rules: dict[str, list[str]] = {}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*(reduce_range|quant_min|TypedStorage).*")
         if mode == "eager":
             prepared, kept = _prepare_eager(model, qconfig, config.skip_modules), []
         else:
-            prepared, kept = _prepare_fx(model, qconfig, config.skip_modules, example_input)
+            prepared, kept = _prepare_fx(model, qconfig, config, example_input, rules)
         batches = _calibrate(prepared, calibration)
+        observed = copy.deepcopy(prepared) if keep_observed else None
         if mode == "eager":
             int8_model = tq.convert(prepared, inplace=True)
         else:
             from torch.ao.quantization.quantize_fx import convert_fx
 
-            int8_model = convert_fx(prepared)
+            int8_model = convert_fx(prepared, backend_config=backend_config())
+            if config.canonicalize:
+                rules["int8_padding"] = [str(run_grid_ops_on_int8(int8_model))]
     leftovers = sorted(set(kept) | set(_float_leftovers(int8_model)))
     if leftovers:
         warnings.warn(f"kept in float (not quantized): {', '.join(leftovers)}", stacklevel=2)
-    return StaticQuantResult(int8_model.eval(), mode, batches, leftovers)
+    return StaticQuantResult(int8_model.eval(), mode, batches, leftovers, observed, rules)

@@ -41,7 +41,7 @@ def register_task(name: str) -> Callable[[TaskPreparer], TaskPreparer]:
 
 
 def prepare_task(recipe: Any, cache_dir: Path) -> PreparedTask:
-    import qtoolkit.tasks.image_classification  # noqa: F401  (registers itself)
+    from qtoolkit.tasks import image_classification, photo_agreement  # noqa: F401  (they register)
 
     if recipe.task not in _TASKS:
         raise QtkError(

@@ -49,8 +49,32 @@ def _static(recipe: Recipe, task: PreparedTask) -> QuantizedModel:
     )
 
 
+def _qat(recipe: Recipe, task: PreparedTask, cache_dir: Path) -> QuantizedModel:
+    from qtoolkit.quantize.qat_method import checkpoint_dir_for, qat_configs, remove_checkpoints
+
+    if task.train_dataset is None:
+        raise QtkError(
+            f"{recipe.source}: quantize.method qat needs a training split for task {recipe.task!r}"
+        )
+    qat_config, train_config = qat_configs(recipe, task.fp32_model)
+    checkpoints = checkpoint_dir_for(cache_dir, task.baseline_info, qat_config, train_config)
+    quantized = quantize(
+        task.fp32_model,
+        qat_config,
+        train_dataset=task.train_dataset,
+        train_config=train_config,
+        example_input=task.example_input,
+        checkpoint_dir=checkpoints,
+    )
+    remove_checkpoints(checkpoints)  # finished: a rerun starts a fresh fine-tune
+    return quantized
+
+
 # quantize.method -> how the pipeline obtains the torch INT8 model for it.
-METHODS: dict[str, Callable[[Recipe, PreparedTask], QuantizedModel]] = {"static": _static}
+METHODS: dict[str, Callable[[Recipe, PreparedTask, Path], QuantizedModel]] = {
+    "static": lambda recipe, task, cache_dir: _static(recipe, task),
+    "qat": _qat,
+}
 
 
 def _staging_dir(out_dir: Path) -> Path:
@@ -85,7 +109,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, cache_dir: str | Path | None
     started = time.perf_counter()
     try:
         task = prepare_task(recipe, cache_dir)
-        quantized = METHODS[recipe.quantize.method](recipe, task)
+        quantized = METHODS[recipe.quantize.method](recipe, task, cache_dir)
         fp32_path, int8_path = staging / FP32_ONNX, staging / INT8_ONNX
         export_onnx(task.fp32_model, task.example_input, fp32_path, opset=recipe.export.opset)
         passes = export_int8_onnx(

@@ -68,12 +68,17 @@ class CalibrationSection:
 
 @dataclass
 class QATSection:
+    """Fine-tuning settings for quantize.method: qat (other training keys come from ``train``)."""
+
     epochs: int = 1
     max_steps: int | None = None
     lr: float = 0.001
     freeze_observers_after_epoch: int | None = None
     freeze_bn_after_epoch: int | None = None
-    precision: str = "none"
+    freeze_observers_after_step: int | None = None
+    freeze_bn_after_step: int | None = None
+    precision: str = "none"  # none | bf16 | fp16 (autocast; fp16 adds a GradScaler)
+    device: str = "auto"
 
 
 @dataclass

@@ -29,7 +29,8 @@ from qtoolkit.data.text import load_rotten_tomatoes, stratified_split
 from qtoolkit.deploy import predict, write_deploy_dir
 from qtoolkit.evaluate.latency import measure_latency
 from qtoolkit.evaluate.ort_runtime import make_session, model_size_mb
-from qtoolkit.export.dynamic_onnx import export_dynamic_int8_onnx, export_onnx
+from qtoolkit.export import export_onnx
+from qtoolkit.export.dynamic_onnx import export_dynamic_int8_onnx
 from qtoolkit.models.bert import (
     FineTuneConfig,
     fine_tune_cached,

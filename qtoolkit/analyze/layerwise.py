@@ -135,7 +135,10 @@ def layerwise_sqnr(
     noise = dict.fromkeys(names, 0.0)
 
     def keep(name: str):  # first call per batch wins: observers may be shared by several nodes
-        return lambda module, args, out: fp32_out.setdefault(name, out.detach().float())
+        def hook(module: nn.Module, args: object, out: torch.Tensor) -> None:
+            fp32_out.setdefault(name, out.detach().float())
+
+        return hook
 
     def compare(name: str):
         def hook(module: nn.Module, args: object, out: torch.Tensor) -> None:

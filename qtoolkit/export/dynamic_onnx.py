@@ -19,22 +19,18 @@ from rare round-half ties.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import json
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnx_ir as ir
 import torch
 from torch import nn
 
-from qtoolkit.atomic import atomic_path, sha256_file
+from qtoolkit.atomic import sha256_file
 from qtoolkit.errors import QtkError
 from qtoolkit.export.dynamic_passes import (
     EmbeddingQuant,
@@ -42,6 +38,7 @@ from qtoolkit.export.dynamic_passes import (
     quantize_embedding_gathers,
     quantize_linear_matmuls,
 )
+from qtoolkit.export.onnx_export import DEFAULT_OPSET, save_model, trace_to_ir
 from qtoolkit.quantize.dynamic import activation_reduce_range
 
 __all__ = [
@@ -50,10 +47,7 @@ __all__ = [
     "ReferenceLinear",
     "build_reference_model",
     "export_dynamic_int8_onnx",
-    "export_onnx",
 ]
-
-_TWO_GB = 2**31 - 1
 
 
 class ReferenceLinear(nn.Module):
@@ -145,68 +139,6 @@ def build_reference_model(
     return reference, linears, embeddings
 
 
-def _default_axes(inputs: Mapping[str, torch.Tensor]) -> dict[str, dict[int, str]]:
-    names = ("batch", "seq")
-    return {key: {axis: names[axis] for axis in range(min(value.dim(), 2))} for key, value in inputs.items()}
-
-
-def _to_ir(
-    model: nn.Module,
-    inputs: Mapping[str, torch.Tensor],
-    output_names: Sequence[str],
-    dynamic_axes: Mapping[str, Mapping[int, str]] | None,
-) -> ir.Model:
-    """Trace ``model(**inputs)`` with the dynamo exporter and return the optimized ONNX IR model."""
-    axes = dynamic_axes if dynamic_axes is not None else _default_axes(inputs)
-    shapes = {key: {axis: torch.export.Dim.DYNAMIC for axis in axes.get(key, {})} for key in inputs}
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            model.eval(),
-            (),
-            kwargs=dict(inputs),
-            input_names=list(inputs),
-            output_names=list(output_names),
-            dynamic_shapes=shapes,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
-    onnx_model = program.model
-    for value in onnx_model.graph.inputs:  # name the symbolic axes: batch, seq
-        named = axes.get(value.name, {})
-        if value.shape is not None and named:
-            value.shape = ir.Shape([named.get(i, dim) for i, dim in enumerate(value.shape)])
-    return onnx_model
-
-
-def _save(model: ir.Model, path: Path) -> Path:
-    """Write ``model`` atomically: one file below 2 GB, else weights in ``NAME.onnx.data``."""
-    total = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-    with atomic_path(path) as tmp:
-        if total < _TWO_GB:
-            ir.save(model, tmp, format="protobuf")
-        else:  # the side file is written under its final name; the .onnx rename commits it
-            ir.save(model, tmp, format="protobuf", external_data=f"{path.name}.data")
-    return path
-
-
-def export_onnx(
-    model: nn.Module,
-    inputs: Mapping[str, torch.Tensor],
-    path: str | os.PathLike[str],
-    *,
-    output_names: Sequence[str] = ("logits",),
-    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
-) -> Path:
-    """Export a float model (e.g. the FP32 baseline) to one ONNX file with dynamic batch/seq axes.
-
-    ``inputs`` are keyword arguments of ``model.forward`` (their names become ONNX input names);
-    by default axes 0 and 1 of every input are dynamic ("batch", "seq").
-    """
-    return _save(_to_ir(model, inputs, output_names, dynamic_axes), Path(path))
-
-
 @dataclass
 class DynamicExportResult:
     """What ``export_dynamic_int8_onnx`` wrote."""
@@ -225,8 +157,8 @@ def export_dynamic_int8_onnx(
     path: str | os.PathLike[str],
     *,
     output_names: Sequence[str] = ("logits",),
-    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
     metadata: Mapping[str, object] | None = None,
+    opset: int = DEFAULT_OPSET,
 ) -> DynamicExportResult:
     """Export a ``quantize_dynamic`` model to INT8 ONNX carrying torch's own int8 weights and scales.
 
@@ -236,7 +168,7 @@ def export_dynamic_int8_onnx(
     reference, linears, embeddings = build_reference_model(qmodel)
     if not linears and not embeddings:
         raise QtkError("model has no dynamically quantized module; run qtoolkit.quantize.dynamic first.")
-    onnx_model = _to_ir(reference, inputs, output_names, dynamic_axes)
+    onnx_model = trace_to_ir(reference, inputs, opset=opset, output_names=output_names)
     done_linear = quantize_linear_matmuls(onnx_model, linears)
     done_embedding = quantize_embedding_gathers(onnx_model, embeddings)
     missing = sorted((set(linears) - set(done_linear)) | (set(embeddings) - set(done_embedding)))
@@ -245,10 +177,9 @@ def export_dynamic_int8_onnx(
             f"quantized weights {missing[:3]} were not found as MatMul/Gather inputs in the "
             "exported graph; this model layout is not supported by the dynamic exporter."
         )
-    onnx_model.producer_name = "qtoolkit"
     if metadata:
         onnx_model.metadata_props["qtoolkit"] = json.dumps(dict(metadata), sort_keys=True, default=str)
-    final = _save(onnx_model, Path(path))
+    final = save_model(onnx_model, path)
     reduce = {spec.reduce_range for spec in linears.values()}
     return DynamicExportResult(
         path=final,

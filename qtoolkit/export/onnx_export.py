@@ -1,12 +1,18 @@
-"""Export a torch module (FP32, or the QDQ reference of an INT8 model) to ONNX with the dynamo exporter."""
+"""Trace torch modules to ONNX with the dynamo exporter, and save ONNX models atomically.
+
+One tracing path for every exporter in qtoolkit: a single tensor input (images; dynamic batch) or
+keyword tensors (``input_ids``, ``attention_mask``, …; dynamic batch and sequence axes).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,59 +27,104 @@ from qtoolkit.errors import QtkError
 from qtoolkit.export.qdq_passes import make_ort_friendly
 
 DEFAULT_OPSET = 21  # opset 21 has INT4 QuantizeLinear and per-axis DQ everywhere ORT needs it
+_TWO_GB = 2**31 - 1
+_AXIS_NAMES = ("batch", "seq")
+
+ExampleInput = torch.Tensor | Mapping[str, torch.Tensor]
 
 
-def export_onnx(
+def _first_arg_name(module: nn.Module) -> str:
+    names = [name for name in inspect.signature(module.forward).parameters if name != "self"]
+    return names[0] if names else "x"
+
+
+def trace_to_ir(
     module: nn.Module,
-    example_input: torch.Tensor,
-    path: str | os.PathLike[str],
+    example_input: ExampleInput,
     *,
     opset: int = DEFAULT_OPSET,
-    dynamic_batch: bool = True,
     input_name: str = "input",
-    output_name: str = "logits",
-) -> dict[str, Any]:
-    """Export ``module`` called on ``example_input`` to a single-file ONNX model at ``path``.
+    output_names: Sequence[str] = ("logits",),
+) -> ir.Model:
+    """Export ``module`` on ``example_input`` with ``torch.onnx.export(dynamo=True)``; return the IR.
 
-    The batch dimension is dynamic. QDQ graphs go through :func:`make_ort_friendly`. The file is
-    checked with ``onnx.checker`` and written atomically. Returns what the passes changed.
+    A tensor input becomes ONNX input ``input_name`` with a dynamic ``batch`` axis; keyword inputs keep
+    their names, with axes 0 and 1 dynamic (``batch``, ``seq``).
     """
     module = module.eval()
-    dynamic_shapes = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
-    forward_arg = next(iter(_forward_arg_names(module)), "x")
-    if dynamic_shapes is not None:
-        dynamic_shapes = {forward_arg: dynamic_shapes["x"]}
-    quiet = io.StringIO()
+    if isinstance(example_input, Mapping):
+        args, kwargs = (), dict(example_input)
+        axes = {key: {i: _AXIS_NAMES[i] for i in range(min(v.dim(), 2))} for key, v in kwargs.items()}
+        shapes: Any = {key: {i: torch.export.Dim.DYNAMIC for i in axes[key]} for key in kwargs}
+        input_names = list(kwargs)
+    else:
+        # torch.export specialises a size-1 batch in some graphs (FX: view(x.size(0), -1)); trace with 2
+        batch = example_input if example_input.shape[0] > 1 else torch.cat([example_input] * 2)
+        args, kwargs = (batch,), {}
+        axes = {input_name: {0: "batch"}}
+        shapes = {_first_arg_name(module): {0: torch.export.Dim("batch", min=1, max=4096)}}
+        input_names = [input_name]
     try:
-        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(quiet):
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             logging.getLogger("torch.onnx").setLevel(logging.ERROR)
             program = torch.onnx.export(
                 module,
-                (example_input,),
+                args,
+                kwargs=kwargs or None,
                 dynamo=True,
                 opset_version=opset,
-                dynamic_shapes=dynamic_shapes,
-                input_names=[input_name],
-                output_names=[output_name],
+                dynamic_shapes=shapes,
+                input_names=input_names,
+                output_names=list(output_names),
+                external_data=False,
                 verbose=False,
             )
     except Exception as error:  # the exporter raises many types; keep its first line
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise QtkError(f"ONNX export of {type(module).__name__} failed: {first_line}") from error
     model: ir.Model = program.model
-    changes = make_ort_friendly(model)
+    for value in model.graph.inputs:  # readable symbolic axes
+        named = axes.get(value.name, {})
+        if value.shape is not None and named:
+            value.shape = ir.Shape([named.get(i, dim) for i, dim in enumerate(value.shape)])
+    model.producer_name = "qtoolkit"
+    return model
+
+
+def save_model(model: ir.Model, path: str | os.PathLike[str]) -> Path:
+    """Write ``model`` atomically and check it: one file below 2 GB, else weights in ``NAME.onnx.data``."""
+    path = Path(path)
+    kept = dict(model.metadata_props)  # ours (e.g. the quantization config); the exporter's go
     ClearMetadataAndDocStringPass()(model)  # exporter stack traces: debugging aid, not deployment payload
+    model.metadata_props.update(kept)
+    total = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
     with atomic_path(path) as tmp:
-        ir.save(model, tmp)
-        onnx.checker.check_model(str(tmp), full_check=True)
+        if total < _TWO_GB:
+            ir.save(model, tmp)
+            onnx.checker.check_model(str(tmp), full_check=True)
+        else:  # the side file is written under its final name; the .onnx rename commits it
+            ir.save(model, tmp, external_data=f"{path.name}.data")
+    return path
+
+
+def export_onnx(
+    module: nn.Module,
+    example_input: ExampleInput,
+    path: str | os.PathLike[str],
+    *,
+    opset: int = DEFAULT_OPSET,
+    input_name: str = "input",
+    output_names: Sequence[str] = ("logits",),
+) -> dict[str, Any]:
+    """Export ``module`` (FP32, or the QDQ reference of an INT8 model) to one checked ONNX file.
+
+    QDQ graphs go through :func:`make_ort_friendly`; returns what its passes changed.
+    """
+    model = trace_to_ir(module, example_input, opset=opset, input_name=input_name, output_names=output_names)
+    changes = make_ort_friendly(model)
+    save_model(model, path)
     return changes
-
-
-def _forward_arg_names(module: nn.Module) -> list[str]:
-    import inspect
-
-    return [name for name in inspect.signature(module.forward).parameters if name != "self"]
 
 
 def onnx_op_counts(path: str | os.PathLike[str]) -> dict[str, int]:

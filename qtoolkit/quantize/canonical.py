@@ -183,11 +183,11 @@ def clamp_aware_observers(prepared: fx.GraphModule) -> list[str]:
 GRID_PRESERVING_MODULES: tuple[type, ...] = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d)
 
 
-def run_grid_ops_on_int8(int8_model: nn.Module) -> int:
+def run_grid_ops_on_int8(int8_model: nn.Module) -> list[str]:
     """Rewrite ``dequantize -> pad -> quantize(same qparams)`` into ``pad`` on the INT8 tensor."""
     if not isinstance(int8_model, fx.GraphModule):
-        return 0
-    count = 0
+        return []
+    done = []
     for node in list(int8_model.graph.nodes):
         if node.op != "call_module" or not isinstance(
             int8_model.get_submodule(str(node.target)), GRID_PRESERVING_MODULES
@@ -202,7 +202,7 @@ def run_grid_ops_on_int8(int8_model: nn.Module) -> int:
         node.replace_input_with(source, source.args[0])
         quantize.replace_all_uses_with(node)
         int8_model.graph.erase_node(quantize)
-        count += 1
+        done.append(str(node.target))
     int8_model.graph.eliminate_dead_code()
     int8_model.recompile()
-    return count
+    return done

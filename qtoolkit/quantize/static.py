@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from qtoolkit.data.calibration import CalibrationReader, checked_batches
 from qtoolkit.errors import QtkError
 from qtoolkit.quantize.canonical import canonicalize_for_fx, clamp_aware_observers, run_grid_ops_on_int8
+from qtoolkit.quantize.kernel_check import verify_int8_kernels
 from qtoolkit.quantize.qconfig import ObserverSpec, build_qconfig, set_backend
 
 # Float modules that FX/eager leave unquantized for a reason other than "unsupported": they either
@@ -201,7 +202,9 @@ def quantize_static(
 
             int8_model = convert_fx(prepared, backend_config=backend_config())
             if config.canonicalize:
-                rules["int8_padding"] = [str(run_grid_ops_on_int8(int8_model))]
+                rules["int8_padding"] = run_grid_ops_on_int8(int8_model)
+    first = next(iter(checked_batches(calibration)))
+    verify_int8_kernels(int8_model.eval(), first[:4], config.backend)  # refuses broken engines
     leftovers = sorted(set(kept) | set(_float_leftovers(int8_model)))
     if leftovers:
         warnings.warn(f"kept in float (not quantized): {', '.join(leftovers)}", stacklevel=2)

@@ -76,6 +76,14 @@ def _cmd_compare_ort(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from qtoolkit.deploy.predict import predict
+
+    for text, result in zip(args.texts, predict(args.dir, args.texts, threads=args.threads), strict=True):
+        print(f"{result.label}\t{result.score:.3f}\t{text}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qtk", description="Quantize PyTorch models to INT8 ONNX and verify them."
@@ -95,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="cache directory for FP32 baselines (default $QTK_CACHE or ~/.cache/qtoolkit)",
     )
     run.set_defaults(func=_cmd_run)
+
+    predict = commands.add_parser(
+        "predict", help="classify texts with a deploy directory (onnxruntime + tokenizers only)"
+    )
+    predict.add_argument("dir", help="deploy directory written by a text recipe (OUT/deploy)")
+    predict.add_argument("texts", nargs="+", help="texts to classify")
+    predict.add_argument("--threads", type=int, default=2)
+    predict.set_defaults(func=_cmd_predict)
 
     recipes = commands.add_parser("recipes", help="list the recipes in a directory")
     recipes.add_argument("dir", nargs="?", default="recipes")

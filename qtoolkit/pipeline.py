@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ def static_config(recipe: Recipe) -> StaticQuantConfig:
     return StaticQuantConfig(section.backend, observers, section.mode, tuple(section.skip_modules))
 
 
-def _static(recipe: Recipe, task: PreparedTask) -> QuantizedModel:
+def _static(recipe: Recipe, task: PreparedTask, cache_dir: Path) -> QuantizedModel:
     return quantize(
         task.fp32_model, static_config(recipe), calibration=task.calibration, example_input=task.example_input
     )
@@ -70,10 +71,45 @@ def _qat(recipe: Recipe, task: PreparedTask, cache_dir: Path) -> QuantizedModel:
     return quantized
 
 
-# quantize.method -> how the pipeline obtains the torch INT8 model for it.
-METHODS: dict[str, Callable[[Recipe, PreparedTask, Path], QuantizedModel]] = {
-    "static": lambda recipe, task, cache_dir: _static(recipe, task),
-    "qat": _qat,
+def _dynamic(recipe: Recipe, task: PreparedTask, cache_dir: Path) -> QuantizedModel:
+    from qtoolkit.quantize.dynamic import DynamicQuantConfig
+
+    section = recipe.quantize
+    config = DynamicQuantConfig(
+        per_channel=section.weight_observer == "per_channel",
+        reduce_range=bool(section.reduce_range),
+        embeddings=section.embeddings,
+        exclude=tuple(section.skip_modules),
+        engine=section.backend,
+    )
+    return quantize(task.fp32_model, config)
+
+
+def _export_qdq(quantized: QuantizedModel, example: Any, path: Path, opset: int) -> dict[str, Any]:
+    return export_int8_onnx(quantized.int8_model, example, path, opset=opset)
+
+
+def _export_dynamic(quantized: QuantizedModel, example: Any, path: Path, opset: int) -> dict[str, Any]:
+    from qtoolkit.export.dynamic_onnx import export_dynamic_int8_onnx
+
+    result = export_dynamic_int8_onnx(
+        quantized.int8_model, example, path, opset=opset, metadata=quantized.details
+    )
+    return {"integer_matmuls": len(result.linears), "uint8_embeddings": len(result.embeddings)}
+
+
+@dataclass(frozen=True)
+class Method:
+    """How the pipeline gets torch's INT8 model for a quantize.method, and how it exports it."""
+
+    quantize: Callable[[Recipe, PreparedTask, Path], QuantizedModel]
+    export: Callable[[QuantizedModel, Any, Path, int], dict[str, Any]]
+
+
+METHODS: dict[str, Method] = {
+    "static": Method(_static, _export_qdq),
+    "qat": Method(_qat, _export_qdq),
+    "dynamic": Method(_dynamic, _export_dynamic),
 }
 
 
@@ -109,12 +145,11 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, cache_dir: str | Path | None
     started = time.perf_counter()
     try:
         task = prepare_task(recipe, cache_dir)
-        quantized = METHODS[recipe.quantize.method](recipe, task, cache_dir)
+        method = METHODS[recipe.quantize.method]
+        quantized = method.quantize(recipe, task, cache_dir)
         fp32_path, int8_path = staging / FP32_ONNX, staging / INT8_ONNX
         export_onnx(task.fp32_model, task.example_input, fp32_path, opset=recipe.export.opset)
-        passes = export_int8_onnx(
-            quantized.int8_model, task.example_input, int8_path, opset=recipe.export.opset
-        )
+        passes = method.export(quantized, task.example_input, int8_path, recipe.export.opset)
         ev = recipe.evaluate
         settings = LatencySettings(ev.threads, ev.latency_batch_size, ev.warmup, ev.repeats)
         metrics, parity = compare_variants(
@@ -123,7 +158,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, cache_dir: str | Path | None
             fp32_path,
             int8_path,
             task.eval_batches,
-            task.example_input,
+            task.latency_batch,
             settings,
         )
         report: dict[str, Any] = {
@@ -148,6 +183,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, cache_dir: str | Path | None
         report["checks"] = checks(report)
         report["passed"] = all(c["passed"] for c in report["checks"].values())
         report["seconds"] = round(time.perf_counter() - started, 1)
+        if task.write_deploy is not None:
+            task.write_deploy(staging, int8_path)
         write_report(report, staging)
         _publish(staging, out_dir)
         return report

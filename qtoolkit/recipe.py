@@ -91,6 +91,7 @@ class QuantizeSection:
     weight_bits: int = 8
     reduce_range: bool | None = None
     skip_modules: list[str] = field(default_factory=list)
+    embeddings: bool = True  # dynamic: also quantize embedding tables (weight-only, uint8 per row)
     calibration: CalibrationSection = field(default_factory=CalibrationSection)
     qat: QATSection = field(default_factory=QATSection)
 

@@ -4,7 +4,7 @@ latency (same thread count for all) and size."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,14 @@ from torch import nn
 
 from qtoolkit.evaluate.latency import measure_latency
 from qtoolkit.evaluate.ort_runtime import make_session, model_size_mb
-from qtoolkit.evaluate.predictions import agreement, onnx_predictions, torch_predictions
+from qtoolkit.evaluate.predictions import (
+    TorchForward,
+    agreement,
+    default_forward,
+    onnx_feed,
+    onnx_predictions,
+    torch_predictions,
+)
 
 
 @dataclass(frozen=True)
@@ -38,33 +45,29 @@ def compare_variants(
     int8_model: nn.Module,
     fp32_onnx: Path,
     int8_onnx: Path,
-    eval_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    example_input: torch.Tensor,
+    eval_batches: Iterable[tuple[Any, torch.Tensor]],
+    latency_batch: Callable[[int], Any],
     latency: LatencySettings,
+    forward: TorchForward = default_forward,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """(metrics per variant, parity). Accuracies are fractions in [0, 1]."""
+    """(metrics per variant, parity). Accuracies are fractions in [0, 1]; ``latency_batch(b)`` gives
+    the inputs of batch size b that every variant is timed on."""
     torch.set_num_threads(latency.threads)
     sessions = {
         name: make_session(path, latency.threads)
         for name, path in (("fp32_onnx", fp32_onnx), ("int8_onnx", int8_onnx))
     }
     predictions: dict[str, np.ndarray] = {}
-    predictions["fp32_torch"], labels = torch_predictions(fp32_model, eval_batches, "fp32 torch")
-    predictions["int8_torch"], _ = torch_predictions(int8_model, eval_batches, "int8 torch")
+    predictions["fp32_torch"], labels = torch_predictions(fp32_model, eval_batches, "fp32 torch", forward)
+    predictions["int8_torch"], _ = torch_predictions(int8_model, eval_batches, "int8 torch", forward)
     for name, session in sessions.items():
         predictions[name] = onnx_predictions(session, eval_batches, name.replace("_", " "))
 
-    batch = example_input.repeat(latency.batch_size, *([1] * (example_input.dim() - 1)))
-    feed = batch.numpy()
+    batch = latency_batch(latency.batch_size)
     timers = {
-        "fp32_torch": lambda: fp32_model(batch),
-        "int8_torch": lambda: int8_model(batch),
-        "fp32_onnx": lambda: sessions["fp32_onnx"].run(
-            None, {sessions["fp32_onnx"].get_inputs()[0].name: feed}
-        ),
-        "int8_onnx": lambda: sessions["int8_onnx"].run(
-            None, {sessions["int8_onnx"].get_inputs()[0].name: feed}
-        ),
+        "fp32_torch": lambda: forward(fp32_model, batch),
+        "int8_torch": lambda: forward(int8_model, batch),
+        **{name: (lambda s=session: s.run(None, onnx_feed(s, batch))) for name, session in sessions.items()},
     }
     sizes = {
         "fp32_torch": torch_size_mb(fp32_model),

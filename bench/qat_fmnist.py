@@ -122,6 +122,11 @@ def weight_int_range(quantized: nn.Module) -> list[int]:
     return [lo, hi]
 
 
+def _log(stage: str, values: dict) -> None:
+    """Each stage's figures on stderr as soon as they exist (the JSON on stdout comes at the end)."""
+    print(f"[qat_fmnist] {stage}: {json.dumps(values)}", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
@@ -143,6 +148,7 @@ def main() -> None:
     fp32_config = TrainConfig(epochs=args.fp32_epochs, lr=0.1, batch_size=128, seed=0, device="cpu")
     fp32, cache_info = fp32_baseline(train, args.data_dir, fp32_config, progress)
     results: dict = {"fp32": {"top1": evaluate_accuracy(fp32, test, progress=progress), **cache_info}}
+    _log("fp32", results["fp32"])
 
     calib = Subset(
         train, torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: args.calib].tolist()
@@ -174,6 +180,7 @@ def main() -> None:
             "qat_steps": qat.train.global_step,
             "qat_config": asdict(qat_config) | {"reduce_range": qat_config.resolved_reduce_range()},
         }
+        _log(f"w{bits}a8", {k: v for k, v in results[f"w{bits}a8"].items() if k != "qat_config"})
     fp32_top1, w4 = results["fp32"]["top1"], results["w4a8"]
     lost = fp32_top1 - w4["ptq_top1"]
     w4["recovery_of_ptq_loss"] = (w4["qat_top1"] - w4["ptq_top1"]) / lost if lost > 0 else None

@@ -29,6 +29,12 @@ def checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+def _calibration_line(calibration: dict[str, Any]) -> str:
+    if not calibration.get("size"):
+        return "- calibration: none (activations are quantized at run time)"
+    return f"- calibration: {calibration['size']} samples, sha256 {calibration['fingerprint'][:16]}…"
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     metrics = report["metrics"]
     fp32_size = metrics["fp32_onnx"]["size_mb"]
@@ -54,7 +60,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"- accuracy drop: {checks_['accuracy_drop']['value_pp']:.2f} pp (tolerance {report['tolerance_pp']} pp) — "
         f"{'pass' if checks_['accuracy_drop']['passed'] else 'FAIL'}",
         f"- size ratio FP32/INT8 ONNX: {fp32_size / metrics['int8_onnx']['size_mb']:.2f}×",
-        f"- calibration: {report['calibration']['size']} samples, sha256 {report['calibration']['fingerprint'][:16]}…",
+        _calibration_line(report["calibration"]),
         f"- {report['environment']['cpu']}, torch {report['environment']['torch']}, "
         f"onnxruntime {report['environment']['onnxruntime']}, flags {', '.join(report['environment']['cpu_flags'])}",
         "",

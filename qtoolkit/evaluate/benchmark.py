@@ -60,25 +60,47 @@ def _ort_quantize_static(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter([{input_name: b} for b in batches])
+        def __init__(self, items: list[np.ndarray]) -> None:
+            self.items = iter([{input_name: b} for b in items])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.items, None)
 
+    import onnxruntime.quantization.quantize as ort_quantize
+
+    create = ort_quantize.create_calibrator
+
+    def create_chunked(*args: Any, **kwargs: Any) -> Any:
+        # onnxruntime keeps every activation of every calibration batch before reducing them
+        # (gigabytes for a 260x260 mobile net); feeding it one batch per collect_data call keeps
+        # one batch at a time: min/max merge exactly across calls, histograms merge (re-binned when
+        # a later batch widens the range).
+        calibrator = create(*args, **kwargs)
+        collect = calibrator.collect_data
+
+        def collect_per_batch(reader: CalibrationDataReader) -> None:
+            while (item := reader.get_next()) is not None:
+                collect(Reader([item[input_name]]))
+
+        calibrator.collect_data = collect_per_batch
+        return calibrator
+
     prepared = out_path.with_name(f"{out_path.stem}_preprocessed.onnx")
     quant_pre_process(str(fp32_path), str(prepared))
-    quantize_static(
-        str(prepared),
-        str(out_path),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=per_channel,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=getattr(CalibrationMethod, ORT_CALIBRATION_METHODS[method]),
-        extra_options={"CalibMaxIntermediateOutputs": 2},  # bound memory: merge every 2 batches
-    )
+    ort_quantize.create_calibrator = create_chunked
+    try:
+        quantize_static(
+            str(prepared),
+            str(out_path),
+            Reader(batches),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, ORT_CALIBRATION_METHODS[method]),
+        )
+    finally:
+        ort_quantize.create_calibrator = create
     prepared.unlink(missing_ok=True)
 
 

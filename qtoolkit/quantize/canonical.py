@@ -206,3 +206,65 @@ def run_grid_ops_on_int8(int8_model: nn.Module) -> list[str]:
     int8_model.graph.eliminate_dead_code()
     int8_model.recompile()
     return done
+
+
+# Global average pools: module types whose output gets its own observer (``unshare_pool_observers``).
+GLOBAL_POOL_MODULES: tuple[type, ...] = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+
+
+def unshare_pool_observers(
+    prepared: fx.GraphModule, make_observer: Callable[[], nn.Module]
+) -> dict[str, nn.Module]:
+    """Give each global average pool its own output observer instead of its input's.
+
+    An average spans a far smaller range than its input (a ReLU6 map in [0, 6] pools to features
+    of ~0.1–1): on the input's grid, which torch shares by default, the pooled features keep only a
+    few levels. With its own qparams the pooled output is requantized onto a fine grid, as
+    onnxruntime's quantizer does. Returns pool path -> its new observer; torch's convert still
+    lowers the pool onto the input grid, so :func:`requantize_pools` applies the qparams after it.
+    """
+    changed: dict[str, nn.Module] = {}
+    for node in prepared.graph.nodes:
+        if node.op != "call_module" or not isinstance(
+            prepared.get_submodule(str(node.target)), GLOBAL_POOL_MODULES
+        ):
+            continue
+        source, users = node.args[0], list(node.users)
+        if not (isinstance(source, fx.Node) and source.op == "call_module" and len(users) == 1):
+            continue
+        out = users[0]
+        if out.op != "call_module":
+            continue
+        observer_in, observer_out = (
+            prepared.get_submodule(str(source.target)),
+            prepared.get_submodule(str(out.target)),
+        )
+        if observer_out is observer_in and isinstance(observer_out, ObserverBase):
+            observer = make_observer()
+            setattr(prepared, str(out.target), observer)
+            changed[str(node.target)] = observer
+    return changed
+
+
+def requantize_pools(int8_model: nn.Module, observers: dict[str, nn.Module]) -> list[str]:
+    """In the converted graph: ``pool(q)`` -> ``quantize(pool(dequantize(q)), own qparams)``."""
+    if not isinstance(int8_model, fx.GraphModule):
+        return []
+    done = []
+    for node in list(int8_model.graph.nodes):
+        observer = observers.get(str(node.target)) if node.op == "call_module" else None
+        if observer is None:
+            continue
+        scale, zero_point = observer.calculate_qparams()
+        graph = int8_model.graph
+        with graph.inserting_before(node):
+            dq = graph.call_method("dequantize", (node.args[0],))
+        node.replace_input_with(node.args[0], dq)
+        with graph.inserting_after(node):
+            q = graph.call_function(
+                torch.quantize_per_tensor, (node, float(scale), int(zero_point), observer.dtype)
+            )
+        node.replace_all_uses_with(q, delete_user_cb=lambda user, q=q: user is not q)
+        done.append(str(node.target))
+    int8_model.recompile()
+    return done

@@ -28,7 +28,13 @@ from tqdm.auto import tqdm
 
 from qtoolkit.data.calibration import CalibrationReader, checked_batches
 from qtoolkit.errors import QtkError
-from qtoolkit.quantize.canonical import canonicalize_for_fx, clamp_aware_observers, run_grid_ops_on_int8
+from qtoolkit.quantize.canonical import (
+    canonicalize_for_fx,
+    clamp_aware_observers,
+    requantize_pools,
+    run_grid_ops_on_int8,
+    unshare_pool_observers,
+)
 from qtoolkit.quantize.kernel_check import verify_int8_kernels
 from qtoolkit.quantize.qconfig import ObserverSpec, build_qconfig, set_backend
 
@@ -64,6 +70,7 @@ class StaticQuantConfig:
     skip_modules: tuple[str, ...] = ()  # module names (prefixes) left in float
     canonicalize: bool = True  # FX: functional conv/linear on own parameters -> leaf modules
     clamp_aware: bool = True  # FX: observers feeding ReLU6/Hardtanh/ReLU observe the clamped value
+    pool_own_qparams: bool = True  # FX: global average pools run in float; their output gets own qparams
 
 
 @dataclass
@@ -127,6 +134,7 @@ def _prepare_fx(
     config: StaticQuantConfig,
     example: torch.Tensor,
     rules: dict[str, list[str]],
+    pool_observers: dict[str, nn.Module],
 ) -> tuple[nn.Module, list[str]]:
     from torch.ao.quantization.quantize_fx import prepare_fx
 
@@ -145,6 +153,8 @@ def _prepare_fx(
         prepared = prepare_fx(model, mapping, example_inputs=(example,), backend_config=backend_config())
         if config.clamp_aware:
             rules["clamp_aware_observers"] = clamp_aware_observers(prepared)
+        if config.pool_own_qparams:
+            pool_observers.update(unshare_pool_observers(prepared, qconfig.activation))
         return prepared, kept
     except Exception as error:  # symbolic tracing raises many types
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -186,13 +196,14 @@ def quantize_static(
         raise QtkError(f"quantize.mode must be auto, eager or fx, not {config.mode!r}")
     model = copy.deepcopy(model).eval()
     rules: dict[str, list[str]] = {}
+    pool_observers: dict[str, nn.Module] = {}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*(reduce_range|quant_min|TypedStorage).*")
         if mode == "eager":
             prepared, kept = _prepare_eager(model, qconfig, config.skip_modules), []
         else:
-            prepared, kept = _prepare_fx(model, qconfig, config, example_input, rules)
+            prepared, kept = _prepare_fx(model, qconfig, config, example_input, rules, pool_observers)
         batches = _calibrate(prepared, calibration)
         observed = copy.deepcopy(prepared) if keep_observed else None
         if mode == "eager":
@@ -203,6 +214,7 @@ def quantize_static(
             int8_model = convert_fx(prepared, backend_config=backend_config())
             if config.canonicalize:
                 rules["int8_padding"] = run_grid_ops_on_int8(int8_model)
+            rules["pool_own_qparams"] = requantize_pools(int8_model, pool_observers)
     first = next(iter(checked_batches(calibration)))
     verify_int8_kernels(int8_model.eval(), first[:4], config.backend)  # refuses broken engines
     leftovers = sorted(set(kept) | set(_float_leftovers(int8_model)))

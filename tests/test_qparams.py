@@ -33,8 +33,11 @@ def test_per_channel_symmetric_weight_qparams():
     weight = torch.tensor([[0.5, -2.0], [0.25, 0.1]])
     observer(weight)
     scales, zero_points = observer.calculate_qparams()
-    # symmetric int8: scale_c = max|w_c| / ((127 - (-128)) / 2)
-    assert scales.tolist() == pytest.approx([2.0 / 127.5, 0.25 / 127.5], rel=1e-6)
+    # symmetric narrow-range int8 (default at 8 bits): scale_c = max|w_c| / ((127 - (-127)) / 2)
+    assert scales.tolist() == pytest.approx([2.0 / 127, 0.25 / 127], rel=1e-6)
+    wide = build_qconfig(ObserverSpec(narrow_range=False)).weight()
+    wide(weight)
+    assert wide.calculate_qparams()[0].tolist() == pytest.approx([2.0 / 127.5, 0.25 / 127.5], rel=1e-6)
     assert zero_points.tolist() == [0, 0]
 
 

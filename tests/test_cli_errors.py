@@ -11,9 +11,10 @@ import torch
 from conftest import REPO, needs_fmnist
 from models_for_tests import StubbedNet
 
-from qtoolkit import StaticQuantConfig, quantize
+from qtoolkit import StaticQuantConfig
 from qtoolkit.cli import main
 from qtoolkit.errors import QtkError
+from qtoolkit.quantize import quantize
 
 RECIPE = str(REPO / "recipes" / "resnet18_fmnist_static.yaml")
 

@@ -54,7 +54,7 @@ def test_default_recipe_reduced_budget(tmp_path, capsys):
     onnx.checker.check_model(str(out / "model_int8.onnx"), full_check=True)
 
     # A second run loads the cached FP32 baseline instead of retraining.
-    assert main(args + ["--set", "evaluate.repeats=2"]) in (0, 1)
+    assert main([*args, "--set", "evaluate.repeats=2"]) in (0, 1)
     again = json.loads((out / "report.json").read_text())
     assert again["baseline"]["source"] == "cache"
     assert again["metrics"]["fp32_torch"]["accuracy"] == metrics["fp32_torch"]["accuracy"]

@@ -9,9 +9,9 @@ import torch
 from models_for_tests import StubbedNet
 from torch.utils.data import TensorDataset
 
-from qtoolkit import export_int8_onnx, quantize
+from qtoolkit import export_int8_onnx
 from qtoolkit.evaluate.parity import check_parity
-from qtoolkit.quantize import QATConfig
+from qtoolkit.quantize import QATConfig, quantize
 from qtoolkit.train import TrainConfig
 
 

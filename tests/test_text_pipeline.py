@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from qtoolkit.cli import main  # noqa: E402
-from qtoolkit.models.bert import save_tiny_bert  # noqa: E402
+from qtoolkit.cli import main
+from qtoolkit.models.bert import save_tiny_bert
 
 WORDS = {"good": "pos", "great": "pos", "fun": "pos", "bad": "neg", "dull": "neg", "awful": "neg"}
 

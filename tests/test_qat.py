@@ -20,8 +20,9 @@ from torch.utils.data import TensorDataset
 from qtoolkit.errors import QtkError
 from qtoolkit.evaluate.accuracy import evaluate_accuracy
 from qtoolkit.quantize import qat as qat_module
-from qtoolkit.quantize.fake_quant import ptq_qconfig, qat_qconfig, quant_ranges
+from qtoolkit.quantize.fake_quant import qat_qconfig, quant_ranges
 from qtoolkit.quantize.qat import QATConfig, QATSchedule, convert_qat_model, prepare_qat_model, run_qat
+from qtoolkit.quantize.qconfig import ObserverSpec, build_qconfig
 from qtoolkit.train import Callback, TrainConfig, fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +94,7 @@ def test_qat_qconfig_is_plain_fake_quant_with_consistent_ranges(reduce_range: bo
         )
     assert (weight.quant_min, weight.quant_max, weight.qscheme) == (-8, 7, torch.per_channel_symmetric)
     assert (act.quant_min, act.quant_max) == (0, 127 if reduce_range else 255)
-    ptq = ptq_qconfig(4, 8, reduce_range=reduce_range).weight()
+    ptq = build_qconfig(ObserverSpec(weight_bits=4, reduce_range=reduce_range)).weight()  # PTQ: same range
     assert (ptq.quant_min, ptq.quant_max) == (-8, 7)
 
 

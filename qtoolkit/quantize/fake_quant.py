@@ -23,11 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch.ao.quantization import (
     FakeQuantize,
-    HistogramObserver,
-    MinMaxObserver,
     MovingAverageMinMaxObserver,
     MovingAveragePerChannelMinMaxObserver,
-    PerChannelMinMaxObserver,
     QConfig,
 )
 
@@ -89,39 +86,5 @@ def qat_qconfig(
             dtype=torch.qint8,
             qscheme=torch.per_tensor_symmetric,
             reduce_range=False,
-        )
-    return QConfig(activation=activation, weight=weight)
-
-
-def ptq_qconfig(
-    weight_bits: int = 8,
-    activation_bits: int = 8,
-    *,
-    reduce_range: bool = False,
-    activation_observer: str = "histogram",
-    per_channel: bool = True,
-) -> QConfig:
-    """Observer qconfig for eager static PTQ with the same integer ranges as :func:`qat_qconfig`."""
-    r = quant_ranges(weight_bits, activation_bits, reduce_range)
-    observers = {"histogram": HistogramObserver, "minmax": MinMaxObserver}
-    if activation_observer not in observers:
-        raise QtkError(f"activation_observer={activation_observer!r} is not one of {sorted(observers)}")
-    activation = observers[activation_observer].with_args(
-        quant_min=r.act_min, quant_max=r.act_max, dtype=torch.quint8, qscheme=torch.per_tensor_affine
-    )
-    if per_channel:
-        weight = PerChannelMinMaxObserver.with_args(
-            quant_min=r.weight_min,
-            quant_max=r.weight_max,
-            dtype=torch.qint8,
-            qscheme=torch.per_channel_symmetric,
-            ch_axis=0,
-        )
-    else:
-        weight = MinMaxObserver.with_args(
-            quant_min=r.weight_min,
-            quant_max=r.weight_max,
-            dtype=torch.qint8,
-            qscheme=torch.per_tensor_symmetric,
         )
     return QConfig(activation=activation, weight=weight)

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 from torch.ao.nn.intrinsic.qat import freeze_bn_stats
 from torch.ao.quantization import QConfig, convert, disable_observer, prepare_qat
 
 from qtoolkit.errors import QtkError
 from qtoolkit.quantize.fake_quant import qat_qconfig
+from qtoolkit.quantize.qconfig import set_backend
 from qtoolkit.report.environment import cpu_has_vnni
 from qtoolkit.train.engine import Callback, TrainConfig, TrainResult, fit
 
@@ -57,20 +57,11 @@ class QATConfig:
         )
 
 
-def _set_backend(backend: str) -> None:
-    if backend not in torch.backends.quantized.supported_engines:
-        supported = torch.backends.quantized.supported_engines
-        raise QtkError(
-            f"quantized backend {backend!r} is not available in this torch; use one of {supported}"
-        )
-    torch.backends.quantized.engine = backend
-
-
 def prepare_qat_model(
     model: nn.Module, config: QATConfig, example_inputs: tuple[Any, ...] | None = None
 ) -> nn.Module:
     """A copy of FP32 ``model`` with Conv-BN-ReLU fused in QAT mode and fake-quant inserted."""
-    _set_backend(config.backend)
+    set_backend(config.backend)
     qconfig = config.qconfig()
     model = copy.deepcopy(model).cpu().train()
     if config.mode == "fx":
@@ -95,7 +86,7 @@ def prepare_qat_model(
 
 def convert_qat_model(qat_model: nn.Module, config: QATConfig) -> nn.Module:
     """Real INT8 torch model (CPU) from a fine-tuned QAT model; the input model is left unchanged."""
-    _set_backend(config.backend)
+    set_backend(config.backend)
     model = copy.deepcopy(qat_model).cpu().float().eval()
     if config.mode == "fx":
         from torch.ao.quantization.quantize_fx import convert_fx

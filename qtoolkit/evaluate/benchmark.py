@@ -9,6 +9,7 @@ noise hits every variant alike.
 
 from __future__ import annotations
 
+import importlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,8 @@ def _ort_quantize_static(
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.items, None)
 
-    import onnxruntime.quantization.quantize as ort_quantize
+    # the module, not the ``quantize`` function that onnxruntime.quantization re-exports by that name
+    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")
 
     create = ort_quantize.create_calibrator
 

@@ -39,6 +39,8 @@ def test_recipe_matches_stored_baseline(baseline_path: Path, tmp_path):
             pytest.skip(f"needs {required}")
     recipe = load_recipe(REPO / baseline["recipe"], baseline.get("overrides", []))
     report = run_recipe(recipe, tmp_path / "out", cache_dir=default_cache_dir())
+    if "calibration_sha256" in baseline:  # deterministic calibration subset
+        assert report["calibration"]["fingerprint"] == baseline["calibration_sha256"]
     slack = baseline["max_regression_pp"] / 100.0
     for variant, stored in baseline["accuracy"].items():
         measured = report["metrics"][variant]["accuracy"]

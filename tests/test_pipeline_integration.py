@@ -13,6 +13,7 @@ from qtoolkit.cli import main
 RECIPE = str(REPO / "recipes" / "resnet18_fmnist_static.yaml")
 REDUCED = [
     "train.epochs=1",
+    "train.warmup_steps=10",
     "data.train_limit=6000",
     "data.test_limit=2000",
     "evaluate.repeats=5",

@@ -27,7 +27,7 @@ from qtoolkit.models import create_model
 from qtoolkit.models.weights import load_weights, torchvision_weights_path
 from qtoolkit.recipe import Recipe
 from qtoolkit.tasks.base import PreparedTask, register_task
-from qtoolkit.train import TrainConfig, evaluate_accuracy, fit
+from qtoolkit.train import TrainConfig, fit
 
 log = logging.getLogger("qtoolkit")
 
@@ -85,7 +85,7 @@ def _train_config(recipe: Recipe) -> TrainConfig:
 
 
 def _baseline(
-    recipe: Recipe, train: Dataset, test: Dataset, data_info: dict, cache_dir: Path
+    recipe: Recipe, train: Dataset, data_info: dict, cache_dir: Path
 ) -> tuple[torch.nn.Module, dict]:
     spec = recipe.model
     model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels)
@@ -110,13 +110,11 @@ def _baseline(
     checkpoints = weights_path.with_name(weights_path.stem + "-checkpoints")
     result = fit(model, train, _train_config(recipe), checkpoint_dir=checkpoints, resume=True, progress=True)
     model.eval()
-    accuracy = evaluate_accuracy(model, test, "cpu", batch_size=recipe.evaluate.batch_size)
     with atomic_path(weights_path) as tmp:
         torch.save(model.state_dict(), tmp)
     meta = {
         "key": key,
         "trained_seconds": round(result.seconds, 1),
-        "test_accuracy": accuracy,
         "steps": result.global_step,
     }
     write_text_atomic(meta_path, json.dumps(meta, indent=2))
@@ -132,7 +130,7 @@ def prepare_image_classification(recipe: Recipe, cache_dir: Path) -> PreparedTas
     test = _limit(test, recipe.data.test_limit)
     section = recipe.quantize.calibration
     calib = calibration_set(recipe.data.name, calib_images, calib_labels, section.size, section.seed)
-    model, baseline_info = _baseline(recipe, train, test, data_info, cache_dir)
+    model, baseline_info = _baseline(recipe, train, data_info, cache_dir)
     full_train = train.dataset if isinstance(train, Subset) else train  # calibration indexes the full split
     return PreparedTask(
         fp32_model=model,

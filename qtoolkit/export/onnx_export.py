@@ -12,7 +12,7 @@ import io
 import logging
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,26 @@ ExampleInput = torch.Tensor | Mapping[str, torch.Tensor]
 def _first_arg_name(module: nn.Module) -> str:
     names = [name for name in inspect.signature(module.forward).parameters if name != "self"]
     return names[0] if names else "x"
+
+
+@contextlib.contextmanager
+def _eager_attention(module: nn.Module) -> Iterator[None]:
+    """Trace Hugging Face models with their "eager" attention, then restore the original.
+
+    ``sdpa`` attention exports NaN guards for fully masked rows (IsNaN → Where) and shape slicing
+    that ORT cannot fuse: measured on MiniLM-L6 (seq 128, batch 1, 2 threads) they cost about 10% of
+    the FP32 run and 20% of the INT8 one. Eager attention is the same math as plain MatMul/Softmax.
+    """
+    config = getattr(module, "config", None)
+    original = getattr(config, "_attn_implementation", None)
+    switch = original not in (None, "eager") and hasattr(module, "set_attn_implementation")
+    if switch:
+        module.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if switch:
+            module.set_attn_implementation(original)
 
 
 def trace_to_ir(
@@ -65,7 +85,12 @@ def trace_to_ir(
         shapes = {_first_arg_name(module): {0: torch.export.Dim("batch", min=1, max=4096)}}
         input_names = [input_name]
     try:
-        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with (
+            torch.no_grad(),
+            _eager_attention(module),
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+        ):
             warnings.simplefilter("ignore")
             logging.getLogger("torch.onnx").setLevel(logging.ERROR)
             program = torch.onnx.export(

@@ -12,4 +12,4 @@ for recipe in resnet18_fmnist_static resnet18_fmnist_qat resnet18_fmnist_static_
     qtk run "recipes/${recipe}.yaml" --out "runs/${recipe}" || true   # a failed check still writes its report
 done
 qtk bench --model resnet18 --batch-sizes 1 8 --json runs/bench_resnet18.json
-python bench/bert_dynamic.py --out runs/bert_dynamic
+python bench/bert_dynamic.py --out runs/bert_dynamic --rounds 5

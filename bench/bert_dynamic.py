@@ -13,11 +13,13 @@ from other processes on the machine). Writes ``OUT/results.json`` and ``OUT/depl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -29,7 +31,7 @@ from qtoolkit.data.text import load_rotten_tomatoes, stratified_split
 from qtoolkit.deploy import predict, write_deploy_dir
 from qtoolkit.evaluate.latency import measure_latency
 from qtoolkit.evaluate.ort_runtime import make_session, model_size_mb
-from qtoolkit.export import export_onnx
+from qtoolkit.export import export_onnx, onnx_export
 from qtoolkit.export.dynamic_onnx import export_dynamic_int8_onnx
 from qtoolkit.models.bert import (
     FineTuneConfig,
@@ -79,6 +81,11 @@ def main() -> None:
     parser.add_argument("--reduce-range", action="store_true", help="7-bit activations (torch default)")
     parser.add_argument("--exclude", nargs="*", default=[], help="module name patterns kept in float")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--sdpa-export",
+        action="store_true",
+        help="trace with the model's sdpa attention instead of eager (to measure what eager saves)",
+    )
     parser.add_argument("--variants", action="store_true")
     parser.add_argument("--out", default="runs/bert_dynamic")
     args = parser.parse_args()
@@ -109,8 +116,10 @@ def main() -> None:
 
     example = {k: torch.from_numpy(v) for k, v in encoder.encode(texts[:2]).items()}
     paths = {"fp32_onnx": out / "model_fp32.onnx", "int8_onnx": out / "model_int8.onnx"}
-    export_onnx(model, example, paths["fp32_onnx"])
-    export_dynamic_int8_onnx(qmodel, example, paths["int8_onnx"], metadata={"quant": qconfig.to_dict()})
+    keep_sdpa = mock.patch.object(onnx_export, "_eager_attention", contextlib.nullcontext)
+    with keep_sdpa if args.sdpa_export else contextlib.nullcontext():
+        export_onnx(model, example, paths["fp32_onnx"])
+        export_dynamic_int8_onnx(qmodel, example, paths["int8_onnx"], metadata={"quant": qconfig.to_dict()})
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
@@ -175,6 +184,7 @@ def main() -> None:
         "split": splits.manifest(),
         "fine_tune": {"dir": str(ft_dir), "config": ft.to_dict(), "cached": cached},
         "quant_config": qconfig.to_dict(),
+        "attention_traced": "sdpa" if args.sdpa_export else "eager",
         "accuracy": accuracy,
         "agreement_int8_onnx_vs_int8_torch": agreement,
         "max_abs_logit_diff_int8_onnx_vs_int8_torch": float(

@@ -43,8 +43,9 @@ def _eager_attention(module: nn.Module) -> Iterator[None]:
     """Trace Hugging Face models with their "eager" attention, then restore the original.
 
     ``sdpa`` attention exports NaN guards for fully masked rows (IsNaN → Where) and shape slicing
-    that ORT cannot fuse: measured on MiniLM-L6 (seq 128, batch 1, 2 threads) they cost about 10% of
-    the FP32 run and 20% of the INT8 one. Eager attention is the same math as plain MatMul/Softmax.
+    that ORT cannot fuse; on MiniLM-L6 they eat a large share of the INT8 speed-up (compare
+    ``bench/bert_dynamic.py`` with and without ``--sdpa-export``). Eager attention is the same math
+    (MatMul → Softmax → MatMul) without them.
     """
     config = getattr(module, "config", None)
     original = getattr(config, "_attn_implementation", None)

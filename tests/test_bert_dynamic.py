@@ -250,5 +250,22 @@ def test_export_traces_eager_attention_and_restores_sdpa(tiny: dict, tmp_path: P
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_export_finds_the_hf_model_inside_a_user_wrapper(tiny: dict, tmp_path: Path) -> None:
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        ) -> torch.Tensor:
+            return self.inner(input_ids, attention_mask, token_type_ids).logits
+
+    feeds = {k: torch.from_numpy(v) for k, v in tiny["encoder"].encode(TEXTS[:2]).items()}
+    export_onnx(LogitsOnly(tiny["model"]), feeds, tmp_path / "wrapped.onnx")
+    assert "IsNaN" not in [node.op_type for node in onnx.load(str(tmp_path / "wrapped.onnx")).graph.node]
+    assert tiny["model"].config._attn_implementation == "sdpa"
+
+
 def tiny_int8_ops(tiny: dict) -> list[str]:
     return [node.op_type for node in onnx.load(str(tiny["export"].path)).graph.node]

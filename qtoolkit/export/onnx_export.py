@@ -47,16 +47,17 @@ def _eager_attention(module: nn.Module) -> Iterator[None]:
     ``bench/bert_dynamic.py`` with and without ``--sdpa-export``). Eager attention is the same math
     (MatMul → Softmax → MatMul) without them.
     """
-    config = getattr(module, "config", None)
-    original = getattr(config, "_attn_implementation", None)
-    switch = original not in (None, "eager") and hasattr(module, "set_attn_implementation")
+    # the outermost Hugging Face model (modules() is pre-order), also when a user wrapper holds it
+    hf_model = next((m for m in module.modules() if hasattr(m, "set_attn_implementation")), None)
+    original = getattr(getattr(hf_model, "config", None), "_attn_implementation", None)
+    switch = hf_model is not None and original not in (None, "eager")
     if switch:
-        module.set_attn_implementation("eager")
+        hf_model.set_attn_implementation("eager")
     try:
         yield
     finally:
         if switch:
-            module.set_attn_implementation(original)
+            hf_model.set_attn_implementation(original)
 
 
 def trace_to_ir(

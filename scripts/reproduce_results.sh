@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Re-run every command whose output the README's Results section quotes, in the same order (tens of
+# Re-run every command whose output the README's Results section quotes (tens of
 # minutes on 2 cores; FP32 baselines are cached and shared between the recipes).
 set -euo pipefail
 cd "$(dirname "$0")/.."

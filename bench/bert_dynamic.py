@@ -58,11 +58,12 @@ def synthetic_feeds(encoder, vocab: int, batch: int, seq: int, seed: int = 0) ->
     ids = rng.integers(min(1000, vocab // 2), vocab, (batch, seq))
     ids[:, 0] = encoder.tokenizer.token_to_id("[CLS]") or 0
     ids[:, -1] = encoder.tokenizer.token_to_id("[SEP]") or 0
-    return {
+    arrays = {
         "input_ids": ids.astype(np.int64),
         "attention_mask": np.ones((batch, seq), np.int64),
         "token_type_ids": np.zeros((batch, seq), np.int64),
     }
+    return {name: arrays[name] for name in encoder.input_names}
 
 
 def main() -> None:

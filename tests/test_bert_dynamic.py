@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from qtoolkit.deploy import predict, write_deploy_dir
+from qtoolkit.deploy.predict import TextEncoder
 from qtoolkit.errors import QtkError
 from qtoolkit.evaluate.ort_runtime import make_session
 from qtoolkit.export import export_onnx
@@ -265,6 +266,37 @@ def test_export_finds_the_hf_model_inside_a_user_wrapper(tiny: dict, tmp_path: P
     export_onnx(LogitsOnly(tiny["model"]), feeds, tmp_path / "wrapped.onnx")
     assert "IsNaN" not in [node.op_type for node in onnx.load(str(tmp_path / "wrapped.onnx")).graph.node]
     assert tiny["model"].config._attn_implementation == "sdpa"
+
+
+def test_distilbert_without_token_types_exports_with_parity(tmp_path: Path) -> None:
+    model_dir = save_tiny_bert(tmp_path / "distil", num_labels=2, seed=1, architecture="distilbert")
+    model = load_classifier(model_dir)
+    encoder = load_encoder(model_dir, max_length=32)
+    assert encoder.input_names == ("input_ids", "attention_mask")
+    qmodel = quantize_dynamic(model, DynamicQuantConfig())
+    feeds = {k: torch.from_numpy(v) for k, v in encoder.encode(TEXTS[:2]).items()}
+    result = export_dynamic_int8_onnx(qmodel, feeds, tmp_path / "distil_int8.onnx")
+    # 2 layers x (q, k, v, out, ffn1, ffn2) + pre_classifier + classifier; word + position embeddings
+    assert len(result.linears) == 14 and len(result.embeddings) == 2
+    session = make_session(result.path)
+    assert [value.name for value in session.get_inputs()] == ["input_ids", "attention_mask"]
+    np_feeds = _random_feeds(3, 20, model.config.vocab_size, seed=5)
+    del np_feeds["token_type_ids"]
+    expected = qmodel(**{k: torch.from_numpy(v) for k, v in np_feeds.items()}).logits.detach().numpy()
+    np.testing.assert_allclose(session.run(None, np_feeds)[0], expected, atol=PARITY_ATOL)
+    assert (
+        np.abs(
+            expected - model(**{k: torch.from_numpy(v) for k, v in np_feeds.items()}).logits.detach().numpy()
+        ).max()
+        > 1e-3
+    )
+
+
+def test_encoder_rejects_inputs_it_cannot_make(tiny: dict) -> None:
+    with pytest.raises(QtkError, match="must include input_ids"):
+        TextEncoder.from_dir(tiny["dir"], 16, ["input_ids", "pixel_values"])
+    with pytest.raises(QtkError, match="must include input_ids"):
+        TextEncoder.from_dir(tiny["dir"], 16, ["attention_mask"])
 
 
 def tiny_int8_ops(tiny: dict) -> list[str]:

@@ -26,8 +26,9 @@ def _write_csv(path, rows=120):
 
 
 @pytest.mark.slow
-def test_text_recipe_dynamic_end_to_end(tmp_path, capsys):
-    model_dir = save_tiny_bert(tmp_path / "tiny-bert", num_labels=2)
+@pytest.mark.parametrize("architecture", ["bert", "distilbert"])  # DistilBERT takes no token_type_ids
+def test_text_recipe_dynamic_end_to_end(tmp_path, capsys, architecture):
+    model_dir = save_tiny_bert(tmp_path / "tiny-bert", num_labels=2, architecture=architecture)
     data = tmp_path / "reviews.csv"
     _write_csv(data)
     recipe = tmp_path / "recipe.yaml"

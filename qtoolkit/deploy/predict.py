@@ -37,20 +37,28 @@ TOKENIZER_FILE = "tokenizer.json"
 LABELS_FILE = "labels.json"
 DEPLOY_FILE = "deploy.json"
 MODEL_FILE = "model_int8.onnx"
+ENCODER_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class TextEncoder:
     """BERT-style text (or text-pair) encoder on a ``tokenizers.Tokenizer``, padded to the longest.
 
     Inputs longer than ``max_length`` tokens are truncated (longest-first for pairs) with one
-    warning per call naming how many were cut; empty texts raise QtkError.
+    warning per call naming how many were cut; empty texts raise QtkError. ``input_names`` are the
+    arrays ``encode`` returns: models without token types (DistilBERT) take no ``token_type_ids``.
     """
 
-    def __init__(self, tokenizer: Any, max_length: int) -> None:
+    def __init__(self, tokenizer: Any, max_length: int, input_names: Sequence[str] = ENCODER_OUTPUTS) -> None:
         if max_length < 2:
             raise QtkError(f"max_length {max_length} is too small; BERT needs at least [CLS] and [SEP].")
+        unknown = sorted(set(input_names) - set(ENCODER_OUTPUTS))
+        if unknown or "input_ids" not in input_names:
+            raise QtkError(
+                f"encoder inputs {list(input_names)} must include input_ids and be among {ENCODER_OUTPUTS}."
+            )
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.input_names = tuple(name for name in ENCODER_OUTPUTS if name in input_names)
         tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")
         pad_token = "[PAD]" if tokenizer.token_to_id("[PAD]") is not None else None
         padding = tokenizer.padding or {}
@@ -58,13 +66,15 @@ class TextEncoder:
         tokenizer.enable_padding(pad_id=pad_id, pad_token=padding.get("pad_token", pad_token or "[PAD]"))
 
     @classmethod
-    def from_dir(cls, directory: str | os.PathLike[str], max_length: int) -> TextEncoder:
+    def from_dir(
+        cls, directory: str | os.PathLike[str], max_length: int, input_names: Sequence[str] = ENCODER_OUTPUTS
+    ) -> TextEncoder:
         """Load ``tokenizer.json``, or build a WordPiece tokenizer from ``vocab.txt``."""
         from tokenizers import Tokenizer
 
         directory = Path(directory)
         if (directory / TOKENIZER_FILE).is_file():
-            return cls(Tokenizer.from_file(str(directory / TOKENIZER_FILE)), max_length)
+            return cls(Tokenizer.from_file(str(directory / TOKENIZER_FILE)), max_length, input_names)
         if (directory / "vocab.txt").is_file():
             from tokenizers.implementations import BertWordPieceTokenizer
 
@@ -73,14 +83,14 @@ class TextEncoder:
             if config.is_file():
                 lowercase = bool(json.loads(config.read_text()).get("do_lower_case", True))
             wordpiece = BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=lowercase)
-            return cls(Tokenizer.from_str(wordpiece.to_str()), max_length)
+            return cls(Tokenizer.from_str(wordpiece.to_str()), max_length, input_names)
         raise QtkError(
             f"no tokenizer in {directory}: it needs tokenizer.json or vocab.txt; "
             "copy the tokenizer files of the model next to its weights."
         )
 
     def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """input_ids / attention_mask / token_type_ids as int64 arrays [batch, longest]."""
+        """``input_names`` (input_ids, attention_mask, token_type_ids) as int64 arrays [batch, longest]."""
         if isinstance(texts, str):
             texts = [texts]
         if not texts:
@@ -104,10 +114,10 @@ class TextEncoder:
                 "truncated; raise max_length (up to the model's max positions) to keep them whole.",
                 stacklevel=2,
             )
+        fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
         return {
-            "input_ids": np.array([enc.ids for enc in encodings], dtype=np.int64),
-            "attention_mask": np.array([enc.attention_mask for enc in encodings], dtype=np.int64),
-            "token_type_ids": np.array([enc.type_ids for enc in encodings], dtype=np.int64),
+            name: np.array([getattr(enc, fields[name]) for enc in encodings], dtype=np.int64)
+            for name in self.input_names
         }
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
@@ -161,8 +171,8 @@ def _load_cached(directory: str, threads: int) -> _Loaded:
     meta = _read_json(root / DEPLOY_FILE)
     labels = _read_json(root / LABELS_FILE)["labels"]
     session = make_session(root / meta.get("model", MODEL_FILE), threads=threads)
-    encoder = TextEncoder.from_dir(root, int(meta["max_length"]))
     input_names = [value.name for value in session.get_inputs()]
+    encoder = TextEncoder.from_dir(root, int(meta["max_length"]), input_names)
     return _Loaded(session, encoder, list(labels), input_names)
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "fine_tune_cached",
     "load_classifier",
     "load_encoder",
+    "model_input_names",
     "predict_logits",
     "resolve_model_dir",
     "save_tiny_bert",
@@ -103,10 +104,23 @@ def effective_max_length(model_dir: str | os.PathLike[str], requested: int) -> i
     return requested
 
 
+def model_input_names(model_dir: str | os.PathLike[str]) -> tuple[str, ...]:
+    """What the model's forward takes: ``token_type_ids`` only when it has token-type embeddings.
+
+    BERT and RoBERTa configs carry ``type_vocab_size`` (and their forward accepts token_type_ids);
+    DistilBERT's has none, and its forward rejects the argument.
+    """
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    return names if "type_vocab_size" in config else names[:2]
+
+
 def load_encoder(model_dir: str | os.PathLike[str], max_length: int = 128) -> TextEncoder:
     """The model directory's tokenizer (QtkError when it has none), truncating to ``max_length``."""
     model_dir = Path(model_dir)
-    return TextEncoder.from_dir(model_dir, effective_max_length(model_dir, max_length))
+    return TextEncoder.from_dir(
+        model_dir, effective_max_length(model_dir, max_length), model_input_names(model_dir)
+    )
 
 
 @contextlib.contextmanager
@@ -154,35 +168,64 @@ def load_classifier(model_dir: str | os.PathLike[str], label_names: Sequence[str
 
 
 def save_tiny_bert(
-    directory: str | os.PathLike[str], num_labels: int = 2, seed: int = 0, init_range: float = 0.2
+    directory: str | os.PathLike[str],
+    num_labels: int = 2,
+    seed: int = 0,
+    init_range: float = 0.2,
+    architecture: str = "bert",
 ) -> Path:
-    """Write a tiny randomly initialised BertForSequenceClassification + WordPiece tokenizer.
+    """Write a tiny randomly initialised sequence classifier + WordPiece tokenizer.
 
-    2 layers, hidden 32, 4 heads, 64 max positions, a 90-token vocabulary (letters, digits, a few
-    words). ``init_range`` > BERT's 0.02 makes logits large enough for quantization error to show.
+    ``architecture`` is ``bert`` (BertForSequenceClassification) or ``distilbert``. 2 layers, hidden
+    32, 4 heads, 64 max positions, a 90-token vocabulary (letters, digits, a few words).
+    ``init_range`` > BERT's 0.02 makes logits large enough for quantization error to show.
     """
     from tokenizers.implementations import BertWordPieceTokenizer
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+    )
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,!?'")
     words = ["the", "a", "film", "movie", "good", "bad", "great", "awful", "fun", "dull", "is", "was"]
     vocab_list = specials + letters + [f"##{c}" for c in letters] + words
     tokenizer = BertWordPieceTokenizer(vocab={t: i for i, t in enumerate(vocab_list)}, lowercase=True)
-    config = BertConfig(
-        vocab_size=len(vocab_list),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=num_labels,
-        initializer_range=init_range,
-        id2label={i: f"class_{i}" for i in range(num_labels)},
-        label2id={f"class_{i}": i for i in range(num_labels)},
-    )
+    labels = {
+        "num_labels": num_labels,
+        "id2label": {i: f"class_{i}" for i in range(num_labels)},
+        "label2id": {f"class_{i}": i for i in range(num_labels)},
+    }
+    if architecture == "bert":
+        config = BertConfig(
+            vocab_size=len(vocab_list),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            initializer_range=init_range,
+            **labels,
+        )
+        model_class: Any = BertForSequenceClassification
+    elif architecture == "distilbert":
+        config = DistilBertConfig(
+            vocab_size=len(vocab_list),
+            dim=32,
+            n_layers=2,
+            n_heads=4,
+            hidden_dim=64,
+            max_position_embeddings=64,
+            initializer_range=init_range,
+            **labels,
+        )
+        model_class = DistilBertForSequenceClassification
+    else:
+        raise QtkError(f"unknown tiny architecture {architecture!r}; use bert or distilbert.")
     torch.manual_seed(seed)
-    model = BertForSequenceClassification(config).eval()
+    model = model_class(config).eval()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with _quiet_transformers():

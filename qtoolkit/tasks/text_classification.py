@@ -68,9 +68,8 @@ def _full_length_input(encoder: TextEncoder, vocab_size: int, seq: int):
         ids[:, 0] = encoder.tokenizer.token_to_id("[CLS]") or 0
         ids[:, -1] = encoder.tokenizer.token_to_id("[SEP]") or 0
         ones = np.ones((batch_size, seq), np.int64)
-        return _tensors(
-            {"input_ids": ids.astype(np.int64), "attention_mask": ones, "token_type_ids": 0 * ones}
-        )
+        arrays = {"input_ids": ids.astype(np.int64), "attention_mask": ones, "token_type_ids": 0 * ones}
+        return _tensors({name: arrays[name] for name in encoder.input_names})
 
     return make
 

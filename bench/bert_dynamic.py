@@ -6,8 +6,11 @@
 Measures on the same seeded test split and the same batches (64, padded to the longest):
 FP32 torch, torch dynamic INT8, FP32 ONNX, our INT8 ONNX, and onnxruntime's own
 ``quantize_dynamic`` of the FP32 ONNX (the peer). Latency is seq = max length (128) at batch 1 and 8, same process,
-same thread count, models measured in interleaved rounds (best median over rounds, to damp noise
-from other processes on the machine). Writes ``OUT/results.json`` and ``OUT/deploy/``.
+same thread count, models measured in interleaved rounds. The table shows each model's best median
+over rounds; a speed-up is the median over rounds of the ratio of the two models' medians in the same
+round (paired, so that slow phases of the host cancel), with its range over rounds.
+ONNX models are timed twice: in qtoolkit's sessions (``SLOW_FUSIONS`` skipped) and in sessions with
+ORT's default fusions. Writes ``OUT/results.json`` and ``OUT/deploy/``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
+import statistics
 import sys
 import time
 import warnings
@@ -30,7 +35,7 @@ from qtoolkit.atomic import write_text_atomic
 from qtoolkit.data.text import load_rotten_tomatoes, stratified_split
 from qtoolkit.deploy import predict, write_deploy_dir
 from qtoolkit.evaluate.latency import measure_latency
-from qtoolkit.evaluate.ort_runtime import make_session, model_size_mb
+from qtoolkit.evaluate.ort_runtime import SLOW_FUSIONS, make_session, model_size_mb
 from qtoolkit.export import export_onnx, onnx_export
 from qtoolkit.export.dynamic_onnx import export_dynamic_int8_onnx
 from qtoolkit.models.bert import (
@@ -66,6 +71,27 @@ def synthetic_feeds(encoder, vocab: int, batch: int, seq: int, seed: int = 0) ->
     return {name: arrays[name] for name in encoder.input_names}
 
 
+ORT_DEFAULTS = "@ort_default_session"
+
+
+def mcnemar(a_right: np.ndarray, b_right: np.ndarray) -> dict[str, float]:
+    """Exact two-sided McNemar test on paired correctness: are a and b equally accurate?
+
+    With n01 = only a right, n10 = only b right: p = min(1, 2 · P[X ≤ min(n01, n10)]),
+    X ~ Binomial(n01 + n10, 1/2).
+    """
+    only_a, only_b = int((a_right & ~b_right).sum()), int((~a_right & b_right).sum())
+    n = only_a + only_b
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2**n if n else 1.0
+    return {"only_a": only_a, "only_b": only_b, "p_value": min(1.0, 2 * tail)}
+
+
+def paired_speedup(base_ms: list[float], model_ms: list[float]) -> dict[str, float]:
+    """Median, min and max over rounds of base/model, each ratio taken within one round."""
+    ratios = [base / model for base, model in zip(base_ms, model_ms, strict=True)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -81,7 +107,7 @@ def main() -> None:
     parser.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor")
     parser.add_argument("--reduce-range", action="store_true", help="7-bit activations (torch default)")
     parser.add_argument("--exclude", nargs="*", default=[], help="module name patterns kept in float")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument(
         "--sdpa-export",
         action="store_true",
@@ -139,8 +165,13 @@ def main() -> None:
     paths["ort_peer"] = out / "model_ort_dynamic.onnx"
     ort_quantize_dynamic(str(paths["fp32_onnx"]), str(paths["ort_peer"]), weight_type=QuantType.QInt8)
     sessions = {name: make_session(path, threads=args.threads) for name, path in paths.items()}
+    default_sessions = {
+        name: make_session(path, threads=args.threads, disabled_optimizers=()) for name, path in paths.items()
+    }
     for name, session in sessions.items():
         logits[name] = onnx_logits(session, encoder, texts)
+    for name, session in default_sessions.items():  # fusions change float rounding, hence predictions
+        logits[name + ORT_DEFAULTS] = onnx_logits(session, encoder, texts)
 
     preds = {name: value.argmax(-1) for name, value in logits.items()}
     accuracy = {name: float((pred == labels).mean()) for name, pred in preds.items()}
@@ -149,19 +180,24 @@ def main() -> None:
 
     vocab = model.config.vocab_size
     latency: dict[str, dict[str, float]] = {}
+    per_round: dict[str, dict[str, list[float]]] = {}
     for batch in (1, 8):
         feeds = synthetic_feeds(encoder, vocab, batch, encoder.max_length)
         tfeeds = {k: torch.from_numpy(v) for k, v in feeds.items()}
         calls = {name: (lambda s=session, f=feeds: s.run(None, f)) for name, session in sessions.items()}
+        # the same files in sessions with ORT's own default fusions (qtoolkit skips SLOW_FUSIONS)
+        calls.update({f"{name}{ORT_DEFAULTS}": (lambda s=session, f=feeds: s.run(None, f))
+                      for name, session in default_sessions.items()})  # fmt: skip
         with torch.no_grad():
             calls["fp32_torch"] = lambda f=tfeeds: model(**f)
             calls["int8_torch"] = lambda f=tfeeds: qmodel(**f)
-            best: dict[str, float] = {}
+            medians: dict[str, list[float]] = {name: [] for name in calls}
             for _ in range(args.rounds):
                 for name, call in calls.items():
-                    median = measure_latency(call, warmup=3, repeats=10 if batch == 8 else 20).median_ms
-                    best[name] = min(best.get(name, float("inf")), median)
-        latency[f"batch{batch}"] = best
+                    repeats = 10 if batch == 8 else 20
+                    medians[name].append(measure_latency(call, warmup=3, repeats=repeats).median_ms)
+        per_round[f"batch{batch}"] = medians
+        latency[f"batch{batch}"] = {name: min(values) for name, values in medians.items()}
 
     variants = {}
     if args.variants:
@@ -181,16 +217,29 @@ def main() -> None:
     examples = ["A gorgeous, witty and deeply moving film.", "Tedious, overlong and badly acted."]
     predictions = [p.to_dict() for p in predict(deploy, examples)]
 
-    speedup = {k: v["fp32_onnx"] / v["int8_onnx"] for k, v in latency.items()}
-    peer_speedup = {k: v["fp32_onnx"] / v["ort_peer"] for k, v in latency.items()}
+    speedup = {k: paired_speedup(v["fp32_onnx"], v["int8_onnx"]) for k, v in per_round.items()}
+    peer_speedup = {k: paired_speedup(v["fp32_onnx"], v["ort_peer"]) for k, v in per_round.items()}
+    default_speedup = {
+        k: {
+            name: paired_speedup(v[f"fp32_onnx{ORT_DEFAULTS}"], v[f"{name}{ORT_DEFAULTS}"])
+            for name in ("int8_onnx", "ort_peer")
+        }
+        for k, v in per_round.items()
+    }
     checks = {
         "fp32_torch_accuracy>=0.80": accuracy["fp32_torch"] >= 0.80,
         "int8_onnx_drop<=1.0pp": accuracy["fp32_torch"] - accuracy["int8_onnx"] <= 0.010,
         "agreement_with_torch_int8>=99%": agreement >= 0.99,
         "size_ratio>=3.5": sizes["fp32_onnx"] / sizes["int8_onnx"] >= 3.5,
-        "speedup_batch1>=1.9": speedup["batch1"] >= 1.9,
-        "speedup_batch8>=1.9": speedup["batch8"] >= 1.9,
+        "speedup_batch1>=1.9": speedup["batch1"]["median"] >= 1.9,
+        "speedup_batch8>=1.9": speedup["batch8"]["median"] >= 1.9,
         "accuracy>=ort_peer": accuracy["int8_onnx"] >= accuracy["ort_peer"],
+        "accuracy>=ort_peer (ORT default session)": accuracy["int8_onnx" + ORT_DEFAULTS]
+        >= accuracy["ort_peer" + ORT_DEFAULTS],
+    }
+    versus_peer = {
+        session: mcnemar(preds["int8_onnx" + session] == labels, preds["ort_peer" + session] == labels)
+        for session in ("", ORT_DEFAULTS)
     }
     report = {
         "environment": collect_environment(args.threads),
@@ -207,8 +256,14 @@ def main() -> None:
         "size_mb": sizes,
         "size_ratio_fp32_over_int8": sizes["fp32_onnx"] / sizes["int8_onnx"],
         "latency_ms_seq128": latency,
+        "latency_ms_seq128_per_round": per_round,
         "speedup_int8_onnx_vs_fp32_onnx": speedup,
         "speedup_ort_peer_vs_fp32_onnx": peer_speedup,
+        "session_disabled_optimizers": list(SLOW_FUSIONS),
+        "int8_onnx_vs_ort_peer_mcnemar": {
+            session or "qtoolkit_session": v for session, v in versus_peer.items()
+        },
+        "speedup_with_ort_default_session": default_speedup,
         "variants_int8_torch_accuracy": variants,
         "example_predictions": predictions,
         "checks": checks,
@@ -221,15 +276,25 @@ def main() -> None:
         size = f"{sizes[name]:.1f}" if name in sizes else "-"
         b1, b8 = latency["batch1"][name], latency["batch8"][name]
         print(f"{name:<12}{accuracy[name] * 100:>9.2f}%{size:>10}{b1:>9.2f}{b8:>9.2f}")
+    for name in ("fp32_onnx", "int8_onnx", "ort_peer"):
+        key = name + ORT_DEFAULTS
+        b1, b8 = latency["batch1"][key], latency["batch8"][key]
+        print(f"{key:<32}{accuracy[key] * 100:>9.2f}%{b1:>9.2f}{b8:>9.2f}")
+    for session, test in versus_peer.items():
+        print(f"INT8 ONNX vs ORT peer{session or ' (qtoolkit session)'}: only ours right {test['only_a']}, "
+              f"only peer right {test['only_b']}, McNemar exact p = {test['p_value']:.2f}")  # fmt: skip
     print(f"agreement INT8 ONNX vs torch INT8: {agreement * 100:.2f}%  (max |Δlogit| "
           f"{report['max_abs_logit_diff_int8_onnx_vs_int8_torch']:.2e})")  # fmt: skip
     print(f"noise floor, torch INT8 {noise_floor['kernels']} attention: agreement "
           f"{noise_floor['agreement'] * 100:.2f}%  (max |Δlogit| {noise_floor['max_abs_logit_diff']:.2e})")  # fmt: skip
     print(f"size FP32/INT8 ONNX: {report['size_ratio_fp32_over_int8']:.2f}x")
     for key in ("batch1", "batch8"):
-        print(
-            f"speed-up vs FP32 ONNX {key}: ours {speedup[key]:.2f}x   ort quantize_dynamic {peer_speedup[key]:.2f}x"
-        )
+        ours, peer = speedup[key], peer_speedup[key]
+        print(f"speed-up vs FP32 ONNX {key}: ours {ours['median']:.2f}x ({ours['min']:.2f}-{ours['max']:.2f})   "
+              f"ort quantize_dynamic {peer['median']:.2f}x ({peer['min']:.2f}-{peer['max']:.2f})")  # fmt: skip
+        ours, peer = default_speedup[key]["int8_onnx"], default_speedup[key]["ort_peer"]
+        print(f"  same files, ORT default session: ours {ours['median']:.2f}x ({ours['min']:.2f}-{ours['max']:.2f})   "
+              f"ort quantize_dynamic {peer['median']:.2f}x ({peer['min']:.2f}-{peer['max']:.2f})")  # fmt: skip
     for label, value in variants.items():
         print(f"variant {label}: torch INT8 accuracy {value * 100:.2f}%")
     print("predict:", [(p["label"], round(p["score"], 3)) for p in predictions])

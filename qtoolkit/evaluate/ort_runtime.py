@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnxruntime as ort
 
 from qtoolkit.errors import QtkError
 
+# ORT graph fusions that make models slower on the CPU measured here (AMD EPYC, onnxruntime 1.32), so
+# qtoolkit's sessions skip them. SkipLayerNormFusion (Add + LayerNormalization -> the contrib
+# SkipLayerNormalization kernel) slows BERT-style models, FP32 and INT8 alike; ``bench/bert_dynamic.py``
+# times every model with and without this list, side by side.
+SLOW_FUSIONS: tuple[str, ...] = ("SkipLayerNormFusion",)
+
 
 def make_session(
     model_path: str | os.PathLike[str],
     threads: int = 2,
     optimization: str = "all",
+    disabled_optimizers: Sequence[str] = SLOW_FUSIONS,
+    optimized_model_path: str | os.PathLike[str] | None = None,
 ) -> ort.InferenceSession:
     """Open ``model_path`` on the CPU provider with ``threads`` intra-op threads.
 
     ``optimization`` is ``all`` (ORT_ENABLE_ALL, which fuses QDQ groups into integer kernels),
-    ``extended``, ``basic`` or ``disabled``. Inter-op threads are fixed to 1 so that latency
-    comparisons between models use the same parallelism.
+    ``extended``, ``basic`` or ``disabled``; ``disabled_optimizers`` names ORT fusions to skip
+    (default: :data:`SLOW_FUSIONS`; ``()`` for ORT's own defaults). Inter-op threads are fixed to 1 so
+    that latency comparisons between models use the same parallelism. ``optimized_model_path`` saves
+    the graph ORT actually runs (for inspection).
     """
     path = Path(model_path)
     if not path.is_file():
@@ -36,7 +47,11 @@ def make_session(
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = str(optimized_model_path)
+    return ort.InferenceSession(
+        str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled_optimizers)
+    )
 
 
 def model_size_mb(model_path: str | os.PathLike[str]) -> float:

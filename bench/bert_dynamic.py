@@ -2,6 +2,7 @@
 
     python bench/bert_dynamic.py                      # MiniLM-L6, cached fine-tune, 2 threads
     python bench/bert_dynamic.py --variants           # also torch INT8 accuracy of other configs
+    python bench/bert_dynamic.py --compare-sdpa       # also time the sdpa-attention trace
 
 Measures on the same seeded test split and the same batches (64, padded to the longest):
 FP32 torch, torch dynamic INT8, FP32 ONNX, our INT8 ONNX, and onnxruntime's own
@@ -109,9 +110,9 @@ def main() -> None:
     parser.add_argument("--exclude", nargs="*", default=[], help="module name patterns kept in float")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument(
-        "--sdpa-export",
+        "--compare-sdpa",
         action="store_true",
-        help="trace with the model's sdpa attention instead of eager (to measure what eager saves)",
+        help="also export with the model's sdpa attention and time those files in the same rounds",
     )
     parser.add_argument("--variants", action="store_true")
     parser.add_argument("--out", default="runs/bert_dynamic")
@@ -155,16 +156,25 @@ def main() -> None:
 
     example = {k: torch.from_numpy(v) for k, v in encoder.encode(texts[:2]).items()}
     paths = {"fp32_onnx": out / "model_fp32.onnx", "int8_onnx": out / "model_int8.onnx"}
-    keep_sdpa = mock.patch.object(onnx_export, "_eager_attention", contextlib.nullcontext)
-    with keep_sdpa if args.sdpa_export else contextlib.nullcontext():
-        export_onnx(model, example, paths["fp32_onnx"])
-        export_dynamic_int8_onnx(qmodel, example, paths["int8_onnx"], metadata={"quant": qconfig.to_dict()})
+    export_onnx(model, example, paths["fp32_onnx"])
+    export_dynamic_int8_onnx(qmodel, example, paths["int8_onnx"], metadata={"quant": qconfig.to_dict()})
+    extra_paths = {}
+    if args.compare_sdpa:  # what tracing with eager attention saves, timed in the same rounds
+        extra_paths = {
+            "fp32_onnx_sdpa": out / "model_fp32_sdpa.onnx",
+            "int8_onnx_sdpa": out / "model_int8_sdpa.onnx",
+        }
+        with mock.patch.object(onnx_export, "_eager_attention", contextlib.nullcontext):
+            export_onnx(model, example, extra_paths["fp32_onnx_sdpa"])
+            export_dynamic_int8_onnx(qmodel, example, extra_paths["int8_onnx_sdpa"])
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
     paths["ort_peer"] = out / "model_ort_dynamic.onnx"
     ort_quantize_dynamic(str(paths["fp32_onnx"]), str(paths["ort_peer"]), weight_type=QuantType.QInt8)
-    sessions = {name: make_session(path, threads=args.threads) for name, path in paths.items()}
+    sessions = {
+        name: make_session(path, threads=args.threads) for name, path in (paths | extra_paths).items()
+    }
     default_sessions = {
         name: make_session(path, threads=args.threads, disabled_optimizers=()) for name, path in paths.items()
     }
@@ -219,6 +229,15 @@ def main() -> None:
 
     speedup = {k: paired_speedup(v["fp32_onnx"], v["int8_onnx"]) for k, v in per_round.items()}
     peer_speedup = {k: paired_speedup(v["fp32_onnx"], v["ort_peer"]) for k, v in per_round.items()}
+    sdpa_speedup = {
+        k: {
+            "int8_vs_fp32_sdpa_traced": paired_speedup(v["fp32_onnx_sdpa"], v["int8_onnx_sdpa"]),
+            "fp32_eager_vs_sdpa_traced": paired_speedup(v["fp32_onnx_sdpa"], v["fp32_onnx"]),
+            "int8_eager_vs_sdpa_traced": paired_speedup(v["int8_onnx_sdpa"], v["int8_onnx"]),
+        }
+        for k, v in per_round.items()
+        if "fp32_onnx_sdpa" in v
+    }
     default_speedup = {
         k: {
             name: paired_speedup(v[f"fp32_onnx{ORT_DEFAULTS}"], v[f"{name}{ORT_DEFAULTS}"])
@@ -246,7 +265,7 @@ def main() -> None:
         "split": splits.manifest(),
         "fine_tune": {"dir": str(ft_dir), "config": ft.to_dict(), "cached": cached},
         "quant_config": qconfig.to_dict(),
-        "attention_traced": "sdpa" if args.sdpa_export else "eager",
+        "speedup_sdpa_traced": sdpa_speedup,
         "accuracy": accuracy,
         "agreement_int8_onnx_vs_int8_torch": agreement,
         "max_abs_logit_diff_int8_onnx_vs_int8_torch": float(
@@ -276,8 +295,7 @@ def main() -> None:
         size = f"{sizes[name]:.1f}" if name in sizes else "-"
         b1, b8 = latency["batch1"][name], latency["batch8"][name]
         print(f"{name:<12}{accuracy[name] * 100:>9.2f}%{size:>10}{b1:>9.2f}{b8:>9.2f}")
-    for name in ("fp32_onnx", "int8_onnx", "ort_peer"):
-        key = name + ORT_DEFAULTS
+    for key in [name + ORT_DEFAULTS for name in ("fp32_onnx", "int8_onnx", "ort_peer")] + list(extra_paths):
         b1, b8 = latency["batch1"][key], latency["batch8"][key]
         print(f"{key:<32}{accuracy[key] * 100:>9.2f}%{b1:>9.2f}{b8:>9.2f}")
     for session, test in versus_peer.items():
@@ -295,6 +313,8 @@ def main() -> None:
         ours, peer = default_speedup[key]["int8_onnx"], default_speedup[key]["ort_peer"]
         print(f"  same files, ORT default session: ours {ours['median']:.2f}x ({ours['min']:.2f}-{ours['max']:.2f})   "
               f"ort quantize_dynamic {peer['median']:.2f}x ({peer['min']:.2f}-{peer['max']:.2f})")  # fmt: skip
+        for label, ratio in sdpa_speedup.get(key, {}).items():
+            print(f"  {label}: {ratio['median']:.2f}x ({ratio['min']:.2f}-{ratio['max']:.2f})")
     for label, value in variants.items():
         print(f"variant {label}: torch INT8 accuracy {value * 100:.2f}%")
     print("predict:", [(p["label"], round(p["score"], 3)) for p in predictions])

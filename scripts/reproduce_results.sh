@@ -10,7 +10,6 @@ mkdir -p runs
 qtk run recipes/minilm_rotten_tomatoes_dynamic.yaml --out runs/minilm || true   # a failed check still writes its report
 python bench/ptq_vs_qat.py --out runs/ptq_vs_qat          # the four ResNet-18 static/QAT recipes, one table
 qtk bench --model resnet18 --batch-sizes 1 8 --repeats 30 --json runs/bench_resnet18.json
-python bench/bert_dynamic.py --out runs/bert_dynamic
+python bench/bert_dynamic.py --out runs/bert_dynamic --compare-sdpa
 python bench/bert_dynamic.py --out runs/bert_per_tensor --per-tensor
-python bench/bert_dynamic.py --out runs/bert_sdpa --sdpa-export
 qtk compare-ort recipes/efficientnet_lite2_photos_static.yaml --work-dir runs/cmp --json runs/cmp.json

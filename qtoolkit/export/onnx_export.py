@@ -43,8 +43,8 @@ def _eager_attention(module: nn.Module) -> Iterator[None]:
     """Trace Hugging Face models with their "eager" attention, then restore the original.
 
     ``sdpa`` attention exports NaN guards for fully masked rows (IsNaN → Where) and shape slicing
-    that ORT cannot fuse; on MiniLM-L6 they eat a large share of the INT8 speed-up (compare
-    ``bench/bert_dynamic.py`` with and without ``--sdpa-export``). Eager attention is the same math
+    that ORT cannot fuse; on MiniLM-L6 they eat a large share of the INT8 speed-up
+    (``bench/bert_dynamic.py --compare-sdpa`` times both traces). Eager attention is the same math
     (MatMul → Softmax → MatMul) without them.
     """
     # the outermost Hugging Face model (modules() is pre-order), also when a user wrapper holds it

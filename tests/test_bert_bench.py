@@ -1,0 +1,62 @@
+"""bench/bert_dynamic.py, the command behind the README's BERT latency table, runs end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+pytest.importorskip("transformers")
+
+from qtoolkit.models.bert import save_tiny_bert
+
+BENCH = REPO / "bench" / "bert_dynamic.py"
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bert_dynamic_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paired_speedup_and_mcnemar() -> None:
+    bench = _bench_module()
+    # round 2 is a slow phase for both models: the paired ratio ignores it, a ratio of bests would not
+    speedup = bench.paired_speedup([10.0, 20.0, 10.0], [5.0, 10.0, 4.0])
+    assert speedup == {"median": 2.0, "min": 2.0, "max": 2.5}
+    a = np.array([True] * 10 + [False] * 2)
+    b = np.array([False] * 10 + [True] * 2)
+    test = bench.mcnemar(a, b)  # 10 vs 2 discordant: p = 2 * P[Bin(12, 1/2) <= 2] = 2 * 79 / 4096
+    assert (test["only_a"], test["only_b"]) == (10, 2)
+    assert test["p_value"] == pytest.approx(2 * 79 / 4096)
+    assert bench.mcnemar(a, a)["p_value"] == 1.0
+
+
+@pytest.mark.slow
+def test_bert_bench_runs_on_a_tiny_model(tmp_path) -> None:
+    model_dir = save_tiny_bert(tmp_path / "tiny", num_labels=2)
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(BENCH), "--model", str(model_dir), "--steps", "3", "--warmup", "1",
+           "--rounds", "2", "--out", str(out), "--compare-sdpa"]  # fmt: skip
+    env = {**os.environ, "QTK_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert {"int8_onnx", "ort_peer", "int8_onnx@ort_default_session", "int8_onnx_sdpa"} <= set(
+        results["accuracy"]
+    )
+    assert results["session_disabled_optimizers"] == ["SkipLayerNormFusion"]
+    assert results["agreement_int8_onnx_vs_int8_torch"] >= 0.99
+    for batch in ("batch1", "batch8"):
+        assert len(results["latency_ms_seq128_per_round"][batch]["int8_onnx"]) == 2
+        ratio = results["speedup_int8_onnx_vs_fp32_onnx"][batch]
+        assert ratio["min"] <= ratio["median"] <= ratio["max"]
+    assert "speedup_batch1>=1.9" in results["checks"] and "PASS" in proc.stdout
+    assert (out / "deploy" / "model_int8.onnx").is_file()

@@ -58,20 +58,6 @@ def onnx_logits(session, encoder, texts: list[str], batch_size: int = 64) -> np.
     return np.concatenate(out)
 
 
-def synthetic_feeds(encoder, vocab: int, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Full-length inputs ([CLS] random tokens [SEP]) so that every call does seq-length work."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(min(1000, vocab // 2), vocab, (batch, seq))
-    ids[:, 0] = encoder.tokenizer.token_to_id("[CLS]") or 0
-    ids[:, -1] = encoder.tokenizer.token_to_id("[SEP]") or 0
-    arrays = {
-        "input_ids": ids.astype(np.int64),
-        "attention_mask": np.ones((batch, seq), np.int64),
-        "token_type_ids": np.zeros((batch, seq), np.int64),
-    }
-    return {name: arrays[name] for name in encoder.input_names}
-
-
 ORT_DEFAULTS = "@ort_default_session"
 
 
@@ -192,7 +178,7 @@ def main() -> None:
     latency: dict[str, dict[str, float]] = {}
     per_round: dict[str, dict[str, list[float]]] = {}
     for batch in (1, 8):
-        feeds = synthetic_feeds(encoder, vocab, batch, encoder.max_length)
+        feeds = encoder.full_length_batch(batch, encoder.max_length, vocab)
         tfeeds = {k: torch.from_numpy(v) for k, v in feeds.items()}
         calls = {name: (lambda s=session, f=feeds: s.run(None, f)) for name, session in sessions.items()}
         # the same files in sessions with ORT's own default fusions (qtoolkit skips SLOW_FUSIONS)

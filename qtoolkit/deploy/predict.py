@@ -120,6 +120,19 @@ class TextEncoder:
             for name in self.input_names
         }
 
+    def full_length_batch(
+        self, batch_size: int, seq: int, vocab_size: int, seed: int = 0
+    ) -> dict[str, np.ndarray]:
+        """``input_names`` arrays of ``seq`` real tokens ([CLS] random ids [SEP]), no padding: latency
+        inputs that make every call do full-length work."""
+        rng = np.random.default_rng(seed)
+        ids = rng.integers(min(1000, vocab_size // 2), vocab_size, (batch_size, seq))
+        ids[:, 0] = self.tokenizer.token_to_id("[CLS]") or 0
+        ids[:, -1] = self.tokenizer.token_to_id("[SEP]") or 0
+        ones = np.ones((batch_size, seq), np.int64)
+        arrays = {"input_ids": ids.astype(np.int64), "attention_mask": ones, "token_type_ids": 0 * ones}
+        return {name: arrays[name] for name in self.input_names}
+
     def save(self, directory: str | os.PathLike[str]) -> Path:
         from qtoolkit.atomic import write_text_atomic
 

@@ -86,9 +86,12 @@ def resolve_model_dir(name_or_path: str | os.PathLike[str] | None = None) -> Pat
         ) from None
 
 
+def _config(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    return json.loads((Path(model_dir) / "config.json").read_text())
+
+
 def _max_positions(model_dir: Path) -> int:
-    config = json.loads((model_dir / "config.json").read_text())
-    return int(config.get("max_position_embeddings", 512))
+    return int(_config(model_dir).get("max_position_embeddings", 512))
 
 
 def effective_max_length(model_dir: str | os.PathLike[str], requested: int) -> int:
@@ -110,9 +113,8 @@ def model_input_names(model_dir: str | os.PathLike[str]) -> tuple[str, ...]:
     BERT and RoBERTa configs carry ``type_vocab_size`` (and their forward accepts token_type_ids);
     DistilBERT's has none, and its forward rejects the argument.
     """
-    config = json.loads((Path(model_dir) / "config.json").read_text())
     names = ("input_ids", "attention_mask", "token_type_ids")
-    return names if "type_vocab_size" in config else names[:2]
+    return names if "type_vocab_size" in _config(model_dir) else names[:2]
 
 
 def load_encoder(model_dir: str | os.PathLike[str], max_length: int = 128) -> TextEncoder:

@@ -63,13 +63,7 @@ def _full_length_input(encoder: TextEncoder, vocab_size: int, seq: int):
     """Latency inputs of ``seq`` real tokens ([CLS] random ids [SEP]) so every call does full work."""
 
     def make(batch_size: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng(0)
-        ids = rng.integers(min(1000, vocab_size // 2), vocab_size, (batch_size, seq))
-        ids[:, 0] = encoder.tokenizer.token_to_id("[CLS]") or 0
-        ids[:, -1] = encoder.tokenizer.token_to_id("[SEP]") or 0
-        ones = np.ones((batch_size, seq), np.int64)
-        arrays = {"input_ids": ids.astype(np.int64), "attention_mask": ones, "token_type_ids": 0 * ones}
-        return _tensors({name: arrays[name] for name in encoder.input_names})
+        return _tensors(encoder.full_length_batch(batch_size, seq, vocab_size))
 
     return make
 

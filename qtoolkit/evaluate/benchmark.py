@@ -9,12 +9,10 @@ noise hits every variant alike.
 
 from __future__ import annotations
 
-import importlib
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -22,6 +20,7 @@ from qtoolkit.evaluate.latency import measure_latency
 from qtoolkit.evaluate.ort_runtime import make_session, model_size_mb
 from qtoolkit.export import export_int8_onnx, export_onnx
 from qtoolkit.models import create_model
+from qtoolkit.peers.ort_quantizer import ort_quantize_static
 from qtoolkit.quantize import ObserverSpec, StaticQuantConfig, quantize
 from qtoolkit.report.environment import collect_environment
 
@@ -35,75 +34,6 @@ def _randomise_batchnorm(model: nn.Module, seed: int = 0) -> None:
                 module.running_mean.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
                 module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
                 module.bias.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
-
-
-# calibration method name -> onnxruntime CalibrationMethod attribute
-ORT_CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
-
-
-def _ort_quantize_static(
-    fp32_path: Path,
-    out_path: Path,
-    batches: list[np.ndarray],
-    input_name: str,
-    method: str = "minmax",
-    per_channel: bool = True,
-) -> None:
-    """onnxruntime's own ``quantize_static`` (QDQ, u8 activations, s8 weights) of ``fp32_path``,
-    calibrated with ``method`` (minmax | entropy | percentile) on ``batches``."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self, items: list[np.ndarray]) -> None:
-            self.items = iter([{input_name: b} for b in items])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.items, None)
-
-    # the module, not the ``quantize`` function that onnxruntime.quantization re-exports by that name
-    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")
-
-    create = ort_quantize.create_calibrator
-
-    def create_chunked(*args: Any, **kwargs: Any) -> Any:
-        # onnxruntime keeps every activation of every calibration batch before reducing them
-        # (gigabytes for a 260x260 mobile net); feeding it one batch per collect_data call keeps
-        # one batch at a time: min/max merge exactly across calls, histograms merge (re-binned when
-        # a later batch widens the range).
-        calibrator = create(*args, **kwargs)
-        collect = calibrator.collect_data
-
-        def collect_per_batch(reader: CalibrationDataReader) -> None:
-            while (item := reader.get_next()) is not None:
-                collect(Reader([item[input_name]]))
-
-        calibrator.collect_data = collect_per_batch
-        return calibrator
-
-    prepared = out_path.with_name(f"{out_path.stem}_preprocessed.onnx")
-    quant_pre_process(str(fp32_path), str(prepared))
-    ort_quantize.create_calibrator = create_chunked
-    try:
-        quantize_static(
-            str(prepared),
-            str(out_path),
-            Reader(batches),
-            quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=getattr(CalibrationMethod, ORT_CALIBRATION_METHODS[method]),
-        )
-    finally:
-        ort_quantize.create_calibrator = create
-    prepared.unlink(missing_ok=True)
 
 
 def bench_image_model(
@@ -129,7 +59,7 @@ def bench_image_model(
         export_onnx(model, example, paths["fp32_onnx"])
         export_int8_onnx(int8_model, example, paths["int8_onnx"])
         paths["ort_int8_onnx"] = Path(tmp) / "ort_int8.onnx"
-        _ort_quantize_static(
+        ort_quantize_static(
             paths["fp32_onnx"], paths["ort_int8_onnx"], [b.numpy() for b in calibration], "input"
         )
         sessions = {key: make_session(path, threads) for key, path in paths.items()}

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 from qtoolkit.evaluate.agreement import agreement_metrics, collect_logits, onnx_runner
-from qtoolkit.evaluate.benchmark import _ort_quantize_static
 from qtoolkit.evaluate.latency import measure_latency
 from qtoolkit.evaluate.ort_runtime import make_session, model_size_mb
 from qtoolkit.export import export_int8_onnx, export_onnx
+from qtoolkit.peers.ort_quantizer import ort_quantize_static
 from qtoolkit.report.environment import collect_environment
 
 
@@ -55,7 +55,7 @@ def compare_with_ort(
         calib = [b.numpy() for b in _batches_of(calibration)]
         for method in settings.ort_methods:
             paths[f"ort_{method}"] = out / f"ort_{method}_int8.onnx"
-            _ort_quantize_static(paths["fp32_onnx"], paths[f"ort_{method}"], calib, "input", method)
+            ort_quantize_static(paths["fp32_onnx"], paths[f"ort_{method}"], calib, "input", method)
         sessions = {k: make_session(p, settings.threads) for k, p in paths.items()}
         inputs = _batches_of(eval_batches)
         logits = {k: collect_logits(onnx_runner(s), inputs, k) for k, s in sessions.items()}

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from qtoolkit.errors import QtkError
 from qtoolkit.runtime.ort import to_numpy
@@ -64,8 +63,11 @@ def collect_logits(
     """Run every runner on every batch, in one pass over ``batches`` (which may be a generator)."""
     logits: dict[str, list[np.ndarray]] = {name: [] for name in runners}
     labels: list[np.ndarray] = []
-    bar = tqdm(batches, desc=desc, unit="batch", leave=False, disable=not progress, dynamic_ncols=True)
-    for batch in bar:
+    if progress:  # tqdm only when asked: the deploy runtime predicts without it
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+    for batch in batches:
         inputs, label = split_batch(batch, arity)
         for name, run in runners.items():
             logits[name].append(np.asarray(run(inputs)))
@@ -79,3 +81,8 @@ def collect_logits(
         {name: np.concatenate(parts) for name, parts in logits.items()},
         np.concatenate(labels) if labels else None,
     )
+
+
+def logits_of(run: Runner, batches: Iterable[Any], *, arity: int = 1, progress: bool = False) -> np.ndarray:
+    """Logits (N, C) of one runner over ``batches``, concatenated in order."""
+    return collect_logits({"logits": run}, batches, arity=arity, progress=progress).logits["logits"]

@@ -101,3 +101,9 @@ def ort_feed(session: ort.InferenceSession, inputs: Any) -> dict[str, np.ndarray
 def ort_runner(session: ort.InferenceSession) -> Runner:
     """Runner of an ORT session: one batch of inputs -> its first output (the logits)."""
     return lambda inputs: session.run(None, ort_feed(session, inputs))[0]
+
+
+def ort_call(session: ort.InferenceSession, inputs: Any) -> Callable[[], object]:
+    """A zero-argument call running ``session`` on ``inputs``, the feed built once (for timing)."""
+    feed = ort_feed(session, inputs)
+    return lambda: session.run(None, feed)

@@ -28,9 +28,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def to_device(inputs: Any, device: torch.device) -> Any:
-    """``inputs`` (a tensor, a tuple/list or a mapping of tensors) moved to ``device``."""
+    """``inputs`` (a tensor or array, a tuple/list or a mapping of them) as tensors on ``device``."""
     if isinstance(inputs, torch.Tensor):
         return inputs.to(device, non_blocking=True)
+    if isinstance(inputs, np.ndarray):  # e.g. TextEncoder batches, fed to ORT as they are
+        return torch.from_numpy(inputs).to(device)
     if isinstance(inputs, Mapping):
         return {name: to_device(value, device) for name, value in inputs.items()}
     if isinstance(inputs, tuple | list):

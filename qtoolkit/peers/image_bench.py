@@ -2,9 +2,10 @@
 onnxruntime's own ``quantize_static`` INT8 ONNX (QDQ, per-channel) made from the same FP32 ONNX.
 
 Random weights are fine for speed (BatchNorm statistics are randomised so that folded biases are
-non-zero, as in a trained model). All variants run in one process with the same thread count;
-rounds alternate between variants and the best median per variant is kept, so that background
-noise hits every variant alike.
+non-zero, as in a trained model). All variants run in one process with the same thread count, in
+interleaved rounds (:func:`qtoolkit.evaluate.latency.interleaved_latency`): the table shows each
+variant's best round median, and the two ratios are medians of per-round ratios (paired, so that a
+slow phase of the host cancels), with their range in the JSON.
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from qtoolkit.evaluate.latency import measure_latency
-from qtoolkit.evaluate.ort_runtime import make_session, model_size_mb
+from qtoolkit.evaluate.latency import best_of_rounds, interleaved_latency, paired_ratio
 from qtoolkit.export import export_int8_onnx, export_onnx
 from qtoolkit.models import create_model
 from qtoolkit.peers.ort_quantizer import ort_quantize_static
 from qtoolkit.quantize import ObserverSpec, StaticQuantConfig, quantize
 from qtoolkit.report.environment import collect_environment
+from qtoolkit.runtime.ort import make_session, model_size_mb, ort_call
 
 
-def _randomise_batchnorm(model: nn.Module, seed: int = 0) -> None:
+def randomise_batchnorm(model: nn.Module, seed: int = 0) -> None:
+    """Random BatchNorm statistics and biases, so that folded biases are non-zero as in a trained model."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
@@ -48,7 +50,7 @@ def bench_image_model(
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     model = create_model(name).eval()
-    _randomise_batchnorm(model)
+    randomise_batchnorm(model)
     generator = torch.Generator().manual_seed(1)
     calibration = [torch.randn(4, 3, image_size, image_size, generator=generator) for _ in range(4)]
     example = calibration[0][:1]
@@ -64,25 +66,28 @@ def bench_image_model(
         )
         sessions = {key: make_session(path, threads) for key, path in paths.items()}
         sizes = {key: round(model_size_mb(path), 3) for key, path in paths.items()}
-        results: dict[str, Any] = {"sizes_mb": sizes, "latency_ms": {}}
+        results: dict[str, Any] = {
+            "sizes_mb": sizes,
+            "latency_ms": {},
+            "latency_ms_per_round": {},
+            "ratios": {},
+        }
         for batch_size in batch_sizes:
             x = torch.randn(batch_size, 3, image_size, image_size, generator=generator)
-            feed = x.numpy()
             calls = {
                 "fp32_torch": lambda x=x: model(x),
                 "int8_torch": lambda x=x: int8_model(x),
-                **{
-                    key: (lambda s=s, f=feed: s.run(None, {s.get_inputs()[0].name: f}))
-                    for key, s in sessions.items()
-                },
+                **{key: ort_call(session, x) for key, session in sessions.items()},
             }
-            best: dict[str, float] = {}
             with torch.no_grad():
-                for _ in range(rounds):
-                    for key, call in calls.items():
-                        median = measure_latency(call, warmup=5, repeats=repeats).median_ms
-                        best[key] = min(best.get(key, float("inf")), median)
-            results["latency_ms"][str(batch_size)] = {k: round(v, 3) for k, v in best.items()}
+                per_round = interleaved_latency(calls, rounds=rounds, warmup=5, repeats=repeats)
+            key = str(batch_size)
+            results["latency_ms"][key] = {k: round(v, 3) for k, v in best_of_rounds(per_round).items()}
+            results["latency_ms_per_round"][key] = per_round
+            results["ratios"][key] = {
+                "fp32_over_int8_onnx": paired_ratio(per_round, "fp32_onnx", "int8_onnx"),
+                "qtoolkit_over_ort_int8_onnx": paired_ratio(per_round, "int8_onnx", "ort_int8_onnx"),
+            }
     results.update(
         model=name,
         image_size=image_size,
@@ -105,16 +110,17 @@ def format_bench(results: dict[str, Any]) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for batch, ms in results["latency_ms"].items():
+        ratios = results["ratios"][batch]
         lines.append(
             f"| {batch} | {ms['fp32_torch']:.2f} | {ms['int8_torch']:.2f} | {ms['fp32_onnx']:.2f} | "
-            f"{ms['int8_onnx']:.2f} | {ms['ort_int8_onnx']:.2f} | {ms['fp32_onnx'] / ms['int8_onnx']:.2f}× | "
-            f"{ms['int8_onnx'] / ms['ort_int8_onnx']:.2f}× |"
+            f"{ms['int8_onnx']:.2f} | {ms['ort_int8_onnx']:.2f} | {ratios['fp32_over_int8_onnx']['median']:.2f}× | "
+            f"{ratios['qtoolkit_over_ort_int8_onnx']['median']:.2f}× |"
         )
     sizes = results["sizes_mb"]
     lines += [
         "",
         f"sizes MB: FP32 ONNX {sizes['fp32_onnx']:.2f}, INT8 ONNX (qtoolkit) {sizes['int8_onnx']:.2f}, "
-        f"INT8 ONNX (ORT) {sizes['ort_int8_onnx']:.2f}; latency = best of {results['rounds']} medians "
-        f"of {results['repeats']} runs (ms)",
+        f"INT8 ONNX (ORT) {sizes['ort_int8_onnx']:.2f}; latency = best of {results['rounds']} interleaved "
+        f"round medians of {results['repeats']} runs (ms); ratios = median of per-round ratios",
     ]
     return "\n".join(lines) + "\n"

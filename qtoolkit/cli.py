@@ -124,7 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     bench.add_argument("--threads", type=int, default=2)
     bench.add_argument("--repeats", type=int, default=50, help="timed runs per measurement")
-    bench.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best median is kept")
+    bench.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds: best round median per variant, ratios paired per round",
+    )
     bench.add_argument("--json", default=None, help="also write the results as JSON to this file")
     bench.set_defaults(func=_cmd_bench)
 

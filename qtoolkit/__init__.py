@@ -13,6 +13,7 @@ The public names load on first use (module ``__getattr__``): ``import qtoolkit.d
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from qtoolkit.errors import QtkError
@@ -53,6 +54,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(module), attribute)
         globals()[name] = value  # later lookups skip __getattr__
         return value
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")  # qtoolkit.export etc., as when eager
     raise AttributeError(f"module 'qtoolkit' has no attribute {name!r}")
 
 

@@ -86,3 +86,13 @@ def test_blocking_really_blocks() -> None:
     code = 'import sys; sys.modules["torch"] = None\nimport qtoolkit\nqtoolkit.StaticQuantConfig'
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "torch" in proc.stderr  # the lazy names still need torch when used
+
+
+def test_public_names_resolve_lazily() -> None:
+    import qtoolkit
+    from qtoolkit.quantize import quantize
+
+    assert all(getattr(qtoolkit, name) is not None for name in qtoolkit.__all__)
+    assert qtoolkit.quantize_model is quantize and qtoolkit.export.export_onnx is qtoolkit.export_onnx
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = qtoolkit.nope

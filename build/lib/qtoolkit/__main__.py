@@ -1,5 +1,0 @@
-import sys
-
-from qtoolkit.cli import main
-
-sys.exit(main())

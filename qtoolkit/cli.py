@@ -12,6 +12,8 @@ from pathlib import Path
 from qtoolkit.errors import QtkError
 
 EXIT_CHECKS_FAILED, EXIT_USAGE = 1, 2
+# what a torch-free runtime install (README, "Deploy without torch") lacks
+_FULL_INSTALL = frozenset({"torch", "torchvision", "onnx", "onnx_ir", "onnxscript", "yaml", "transformers"})
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -170,6 +172,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except QtkError as error:
         print(f"qtk: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModuleNotFoundError as error:
+        if error.name not in _FULL_INSTALL:
+            raise
+        print(
+            f"qtk: error: qtk {args.command} needs {error.name}, which this install lacks (a runtime-only "
+            "install runs qtk predict); install qtoolkit with its dependencies: pip install qtoolkit",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("qtk: interrupted", file=sys.stderr)

@@ -82,6 +82,17 @@ def test_predict_without_torch(deploy_dir) -> None:
     assert [line.split("\t")[2] for line in lines] == TEXTS
 
 
+def test_torch_commands_say_what_is_missing(tmp_path) -> None:
+    code = (
+        'import sys; sys.modules["torch"] = None\nfrom qtoolkit.cli import main\nsys.exit(main(sys.argv[1:]))'
+    )
+    recipe = REPO / "recipes" / "resnet18_fmnist_static.yaml"
+    args = [sys.executable, "-c", code, "run", str(recipe), "--out", str(tmp_path / "out")]
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("qtk: error: qtk run needs torch") and "Traceback" not in proc.stderr
+
+
 def test_blocking_really_blocks() -> None:
     code = 'import sys; sys.modules["torch"] = None\nimport qtoolkit\nqtoolkit.StaticQuantConfig'
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)

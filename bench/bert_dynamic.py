@@ -39,14 +39,11 @@ from qtoolkit.evaluate.latency import measure_latency
 from qtoolkit.evaluate.ort_runtime import SLOW_FUSIONS, make_session, model_size_mb
 from qtoolkit.export import export_onnx, onnx_export
 from qtoolkit.export.dynamic_onnx import export_dynamic_int8_onnx
-from qtoolkit.models.bert import (
-    FineTuneConfig,
-    fine_tune_cached,
-    load_encoder,
-    predict_logits,
-)
+from qtoolkit.models.bert import predict_logits, resolve_model_dir
 from qtoolkit.quantize.dynamic import DynamicQuantConfig, quantize_dynamic
 from qtoolkit.report.environment import collect_environment
+from qtoolkit.tasks.text_classification import load_encoder
+from qtoolkit.train.baselines import FineTuneConfig, fine_tune_cached
 
 
 def onnx_logits(session, encoder, texts: list[str], batch_size: int = 64) -> np.ndarray:
@@ -114,7 +111,9 @@ def main() -> None:
         precision=args.precision, seed=args.seed,
     )  # fmt: skip
     t0 = time.perf_counter()
-    model, ft_dir, cached = fine_tune_cached(args.model, splits.train, splits.fingerprint, ft)
+    base_dir = resolve_model_dir(args.model)
+    base_encoder = load_encoder(base_dir, args.max_length)
+    model, ft_dir, cached = fine_tune_cached(base_dir, splits.train, splits.fingerprint, ft, base_encoder)
     print(f"fine-tuned model: {ft_dir} ({'cache' if cached else f'{time.perf_counter() - t0:.0f} s'})")
     encoder = load_encoder(ft_dir, args.max_length)
     texts, labels = splits.test.texts, np.asarray(splits.test.labels)

@@ -33,10 +33,12 @@ from qtoolkit.quantize import (
 from qtoolkit.recipe import Recipe
 from qtoolkit.tasks.base import PreparedTask
 from qtoolkit.train import TrainConfig
+from qtoolkit.train.baselines import FineTuneConfig
 
 __all__ = [
     "baseline_train_config",
     "dynamic_config",
+    "fine_tune_config",
     "qat_config",
     "qat_train_config",
     "quant_config",
@@ -104,6 +106,24 @@ def qat_config(recipe: Recipe) -> QATConfig:
 def baseline_train_config(recipe: Recipe) -> TrainConfig:
     """The FP32 baseline's training: the recipe's ``train`` section, key for key."""
     return TrainConfig(**asdict(recipe.train))
+
+
+def fine_tune_config(recipe: Recipe, max_length: int) -> FineTuneConfig:
+    """A text model's fine-tune: ``train`` (``max_steps`` defaults to 300) at ``max_length`` tokens
+    (``data.max_length`` capped at the model's positions by the caller)."""
+    train = recipe.train
+    return FineTuneConfig(
+        steps=train.max_steps or 300,
+        batch_size=train.batch_size,
+        lr=train.lr,
+        warmup_steps=train.warmup_steps,
+        weight_decay=train.weight_decay,
+        max_length=max_length,
+        precision=train.precision,
+        grad_clip=train.grad_clip,
+        seed=train.seed,
+        device=train.device,
+    )
 
 
 def qat_train_config(recipe: Recipe) -> TrainConfig:

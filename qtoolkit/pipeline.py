@@ -21,7 +21,7 @@ from qtoolkit.evaluate.compare import LatencySettings, compare_variants
 from qtoolkit.export import export_onnx, onnx_op_counts
 from qtoolkit.export.quantized import export_quantized
 from qtoolkit.paths import default_cache_dir
-from qtoolkit.quantize.api import QuantizedModel, quantize
+from qtoolkit.quantize.api import QuantizedModel, get_method, quantize
 from qtoolkit.recipe import Recipe
 from qtoolkit.report.environment import collect_environment
 from qtoolkit.report.writer import checks, write_report
@@ -84,7 +84,10 @@ def _export_evaluate_report(
 ) -> dict[str, Any]:
     fp32_path, int8_path = staging / FP32_ONNX, staging / INT8_ONNX
     export_onnx(task.fp32_model, task.example_input, fp32_path, opset=recipe.export.opset)
-    passes = export_quantized(quantized, task.example_input, int8_path, recipe.export.opset)
+    form = get_method(quantized.method).export_format
+    passes = export_quantized(
+        quantized.int8_model, form, task.example_input, int8_path, recipe.export.opset, quantized.details
+    )
     ev = recipe.evaluate
     settings = LatencySettings(ev.threads, ev.latency_batch_size, ev.warmup, ev.repeats)
     metrics, parity = compare_variants(

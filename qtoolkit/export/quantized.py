@@ -1,24 +1,28 @@
-"""Export a :class:`~qtoolkit.quantize.QuantizedModel` in the ONNX form its method names.
+"""Export a torch INT8 model in the ONNX form its quantization method names.
 
 Registry of export forms (a config class names one in ``export_format``): ``qdq`` rebuilds static
 and QAT models as QuantizeLinear/DequantizeLinear graphs, ``dynamic`` writes integer MatMuls with
-run-time activation quantization.
+run-time activation quantization. The form is passed in by name, so this stage never imports the
+quantize stage's registry.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from qtoolkit.errors import QtkError
-from qtoolkit.quantize.api import QuantizedModel, get_method
+from torch import nn
 
-Exporter = Callable[[QuantizedModel, Any, "str | os.PathLike[str]", int], dict[str, Any]]
+from qtoolkit.errors import QtkError
+
+Exporter = Callable[..., dict[str, Any]]
 EXPORTERS: dict[str, Exporter] = {}
 
 
 def register_exporter(name: str) -> Callable[[Exporter], Exporter]:
+    """Decorator: ``exporter(int8_model, example, path, opset, metadata) -> pass counts`` is form ``name``."""
+
     def decorate(exporter: Exporter) -> Exporter:
         EXPORTERS[name] = exporter
         return exporter
@@ -27,29 +31,34 @@ def register_exporter(name: str) -> Callable[[Exporter], Exporter]:
 
 
 @register_exporter("qdq")
-def _export_qdq(quantized: QuantizedModel, example: Any, path: str | os.PathLike[str], opset: int) -> dict:
+def _export_qdq(
+    int8_model: nn.Module, example: Any, path: str | os.PathLike[str], opset: int, metadata: Mapping | None
+) -> dict[str, Any]:
     from qtoolkit.export import export_int8_onnx
 
-    return export_int8_onnx(quantized.int8_model, example, path, opset=opset)
+    return export_int8_onnx(int8_model, example, path, opset=opset)
 
 
 @register_exporter("dynamic")
 def _export_dynamic(
-    quantized: QuantizedModel, example: Any, path: str | os.PathLike[str], opset: int
+    int8_model: nn.Module, example: Any, path: str | os.PathLike[str], opset: int, metadata: Mapping | None
 ) -> dict[str, Any]:
     from qtoolkit.export.dynamic_onnx import export_dynamic_int8_onnx
 
-    result = export_dynamic_int8_onnx(
-        quantized.int8_model, example, path, opset=opset, metadata=quantized.details
-    )
+    result = export_dynamic_int8_onnx(int8_model, example, path, opset=opset, metadata=metadata)
     return {"integer_matmuls": len(result.linears), "uint8_embeddings": len(result.embeddings)}
 
 
 def export_quantized(
-    quantized: QuantizedModel, example_input: Any, path: str | os.PathLike[str], opset: int
+    int8_model: nn.Module,
+    form: str,
+    example_input: Any,
+    path: str | os.PathLike[str],
+    opset: int,
+    metadata: Mapping[str, object] | None = None,
 ) -> dict[str, Any]:
-    """Write ``quantized``'s INT8 model to ``path`` in its method's export form; returns pass counts."""
-    form = get_method(quantized.method).export_format
+    """Write ``int8_model`` to ``path`` as export ``form`` (a config's ``export_format``); returns
+    what the graph passes did. ``metadata`` goes into the ONNX file where the form keeps it."""
     if form not in EXPORTERS:
-        raise QtkError(f"no ONNX exporter for form {form!r} (method {quantized.method!r})")
-    return EXPORTERS[form](quantized, example_input, path, opset)
+        raise QtkError(f"no ONNX exporter for form {form!r}; known: {', '.join(EXPORTERS)}")
+    return EXPORTERS[form](int8_model, example_input, path, opset, metadata)

@@ -4,8 +4,7 @@ One registry of methods, keyed by the method's name (the recipe's ``quantize.met
 holds the config class, the handler and the ONNX form the INT8 model exports to. ``quantize`` finds
 the entry from the config's class (``config.method``), the pipeline from the recipe's name; there is
 no second table. Handlers return a torch INT8 model that
-:func:`qtoolkit.export.quantized.export_quantized`
-can export.
+:func:`qtoolkit.export.quantized.export_quantized` writes in the config's ``export_format``.
 """
 
 from __future__ import annotations

@@ -79,3 +79,28 @@ def test_qat_recipe_translation() -> None:
     )
     train = qat_train_config(recipe)
     assert (train.epochs, train.lr, train.warmup_steps, train.batch_size) == (1, 0.001, 0, 128)
+
+
+def test_qat_through_the_one_verb_resolves_mode_and_discards_checkpoints(tmp_path: Path) -> None:
+    import torch
+    from models_for_tests import StubbedNet
+    from torch.utils.data import TensorDataset
+
+    from qtoolkit.train import TrainConfig
+
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(32, 3, 16, 16, generator=generator), torch.randint(0, 5, (32,)))
+    checkpoints = tmp_path / "qat-checkpoints"
+    result = quantize(
+        StubbedNet().eval(),
+        QATConfig(mode="auto", reduce_range=False),  # auto: the model carries QuantStubs -> eager
+        train_dataset=data,
+        train_config=TrainConfig(epochs=1, batch_size=16, lr=0.01, device="cpu"),
+        checkpoint_dir=checkpoints,
+        discard_checkpoints=True,
+        progress=False,
+    )
+    assert result.method == "qat" and result.details["mode"] == "eager"
+    assert result.details["train_steps"] == 2 and not checkpoints.exists()
+    fc = result.int8_model.fc
+    assert fc.weight().int_repr().min() >= -127  # the 8-bit grid PTQ uses: no -128

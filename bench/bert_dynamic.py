@@ -37,17 +37,15 @@ from qtoolkit.evaluate.latency import best_of_rounds, interleaved_latency, paire
 from qtoolkit.evaluate.metrics import mcnemar
 from qtoolkit.export import export_onnx, onnx_export
 from qtoolkit.export.dynamic_onnx import export_dynamic_int8_onnx
-from qtoolkit.models.bert import (
-    FineTuneConfig,
-    fine_tune_cached,
-    load_encoder,
-)
+from qtoolkit.models.bert import resolve_model_dir
 from qtoolkit.peers.ort_quantizer import ort_quantize_dynamic
 from qtoolkit.quantize.dynamic import DynamicQuantConfig, quantize_dynamic
 from qtoolkit.report.environment import collect_environment
 from qtoolkit.runtime.batches import logits_of
 from qtoolkit.runtime.ort import SLOW_FUSIONS, make_session, model_size_mb, ort_runner
 from qtoolkit.runtime.torch_runner import torch_runner
+from qtoolkit.tasks.text_classification import load_encoder
+from qtoolkit.train.baselines import FineTuneConfig, fine_tune_cached
 
 ORT_DEFAULTS = "@ort_default_session"
 
@@ -87,7 +85,9 @@ def main() -> None:
         precision=args.precision, seed=args.seed,
     )  # fmt: skip
     t0 = time.perf_counter()
-    model, ft_dir, cached = fine_tune_cached(args.model, splits.train, splits.fingerprint, ft)
+    base_dir = resolve_model_dir(args.model)
+    base_encoder = load_encoder(base_dir, args.max_length)
+    model, ft_dir, cached = fine_tune_cached(base_dir, splits.train, splits.fingerprint, ft, base_encoder)
     print(f"fine-tuned model: {ft_dir} ({'cache' if cached else f'{time.perf_counter() - t0:.0f} s'})")
     encoder = load_encoder(ft_dir, args.max_length)
     texts, labels = splits.test.texts, np.asarray(splits.test.labels)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 from torch.ao import quantization as tq
 from torch.ao.nn.quantized import FloatFunctional
+
+from qtoolkit.errors import QtkError
+from qtoolkit.models.bert import quiet_transformers
 
 
 class StubbedNet(nn.Module):
@@ -60,3 +67,70 @@ class PlainNet(nn.Module):
 def calibration_batches(count: int = 4, shape: tuple[int, ...] = (8, 3, 16, 16)) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
     return [torch.randn(shape, generator=generator) for _ in range(count)]
+
+
+def save_tiny_bert(
+    directory: str | os.PathLike[str],
+    num_labels: int = 2,
+    seed: int = 0,
+    init_range: float = 0.2,
+    architecture: str = "bert",
+) -> Path:
+    """Write a tiny randomly initialised sequence classifier + WordPiece tokenizer.
+
+    ``architecture`` is ``bert`` (BertForSequenceClassification) or ``distilbert``. 2 layers, hidden
+    32, 4 heads, 64 max positions, a 90-token vocabulary (letters, digits, a few words).
+    ``init_range`` > BERT's 0.02 makes logits large enough for quantization error to show.
+    """
+    from tokenizers.implementations import BertWordPieceTokenizer
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+    )
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,!?'")
+    words = ["the", "a", "film", "movie", "good", "bad", "great", "awful", "fun", "dull", "is", "was"]
+    vocab_list = specials + letters + [f"##{c}" for c in letters] + words
+    tokenizer = BertWordPieceTokenizer(vocab={t: i for i, t in enumerate(vocab_list)}, lowercase=True)
+    labels = {
+        "num_labels": num_labels,
+        "id2label": {i: f"class_{i}" for i in range(num_labels)},
+        "label2id": {f"class_{i}": i for i in range(num_labels)},
+    }
+    if architecture == "bert":
+        config = BertConfig(
+            vocab_size=len(vocab_list),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            initializer_range=init_range,
+            **labels,
+        )
+        model_class: Any = BertForSequenceClassification
+    elif architecture == "distilbert":
+        config = DistilBertConfig(
+            vocab_size=len(vocab_list),
+            dim=32,
+            n_layers=2,
+            n_heads=4,
+            hidden_dim=64,
+            max_position_embeddings=64,
+            initializer_range=init_range,
+            **labels,
+        )
+        model_class = DistilBertForSequenceClassification
+    else:
+        raise QtkError(f"unknown tiny architecture {architecture!r}; use bert or distilbert.")
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with quiet_transformers():
+        model.save_pretrained(directory)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    return directory

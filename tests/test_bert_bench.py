@@ -12,7 +12,7 @@ from conftest import REPO
 
 pytest.importorskip("transformers")
 
-from qtoolkit.models.bert import save_tiny_bert
+from models_for_tests import save_tiny_bert
 
 BENCH = REPO / "bench" / "bert_dynamic.py"
 

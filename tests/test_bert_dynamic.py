@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from models_for_tests import save_tiny_bert
 
 from qtoolkit.deploy import predict, write_deploy_dir
 from qtoolkit.deploy.predict import TextEncoder
@@ -21,14 +22,13 @@ from qtoolkit.export import export_onnx
 from qtoolkit.export.dynamic_onnx import export_dynamic_int8_onnx
 from qtoolkit.models.bert import (
     load_classifier,
-    load_encoder,
     resolve_model_dir,
-    save_tiny_bert,
 )
 from qtoolkit.quantize.dynamic import DynamicQuantConfig, quantize_dynamic, quantized_modules
 from qtoolkit.runtime.batches import logits_of
 from qtoolkit.runtime.ort import make_session
 from qtoolkit.runtime.torch_runner import torch_runner
+from qtoolkit.tasks.text_classification import load_encoder
 
 TEXTS = ["the film was great fun", "an awful, dull movie!", "good", "bad bad bad 123 the film is dull"]
 # Logit agreement bound between the INT8 ONNX model and torch's dynamic INT8 model. Both run the same
@@ -200,7 +200,7 @@ def test_missing_model_is_a_clear_offline_error(tmp_path: Path, monkeypatch: pyt
 
 def test_fine_tune_with_engine_changes_weights(tiny: dict) -> None:
     from qtoolkit.data.text import TextDataset
-    from qtoolkit.models.bert import FineTuneConfig, fine_tune
+    from qtoolkit.train.baselines import FineTuneConfig, fine_tune
 
     model = load_classifier(tiny["dir"])
     before = model.classifier.weight.detach().clone()

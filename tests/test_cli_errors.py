@@ -1,4 +1,4 @@
-"""Bad input: one clear line on stderr, exit status 2, nothing left in the output directory."""
+"""Bad input: one clear line on stderr, exit status 2, and no output directory created at all."""
 
 from __future__ import annotations
 
@@ -24,8 +24,7 @@ def _fails_cleanly(capsys, out: Path, *args: str) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("qtk: error: "), err
-    if out.exists():
-        assert not any(out.iterdir()), list(out.iterdir())  # no partial artifact, no staging left
+    assert not out.exists(), list(out.iterdir())  # nothing is created before the input is valid
     return err[0]
 
 

@@ -1,12 +1,13 @@
 """Stages never import upwards: an AST check of every module under qtoolkit/.
 
 Ranks (a module may import its own rank and lower ones):
-  0 foundation  errors, atomic, paths, runtime (sessions, runners, CPU/device detection)
+  0 foundation  errors, atomic, paths, cache (keys, get-or-build, staging), runtime (sessions, runners,
+                CPU/device detection)
   1 lower       data, models, export, train, report, deploy
   2 quantize
   3 evaluate
   4 peers       comparisons with onnxruntime's quantizer (build, quantize, export, evaluate)
-  5 tasks, recipe (the schema every task reads)
+  5 tasks, recipe (the schema every task reads), configs (recipe -> configs, used by tasks too)
   6 pipeline, analyze (recipe-level commands)
   7 front       cli, __main__, the package facade (qtoolkit/__init__.py)
 An import from a lower rank to a higher one fails the test unless its statement carries a comment
@@ -24,12 +25,12 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "qtoolkit"
 RANKS = {
-    **dict.fromkeys(("errors", "atomic", "paths", "runtime"), 0),
+    **dict.fromkeys(("errors", "atomic", "paths", "cache", "runtime"), 0),
     **dict.fromkeys(("data", "models", "export", "train", "report", "deploy"), 1),
     "quantize": 2,
     "evaluate": 3,
     "peers": 4,
-    **dict.fromkeys(("tasks", "recipe"), 5),
+    **dict.fromkeys(("tasks", "recipe", "configs"), 5),
     **dict.fromkeys(("pipeline", "analyze"), 6),
     **dict.fromkeys(("cli", "__main__", "__init__"), 7),
 }

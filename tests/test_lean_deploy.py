@@ -15,15 +15,17 @@ import textwrap
 import pytest
 import torch
 from conftest import REPO
+from models_for_tests import save_tiny_bert
 
 pytest.importorskip("transformers")
 
 from qtoolkit.deploy import write_deploy_dir
 from qtoolkit.export.dynamic_onnx import export_dynamic_int8_onnx
-from qtoolkit.models.bert import load_classifier, load_encoder, save_tiny_bert
+from qtoolkit.models.bert import load_classifier
 from qtoolkit.quantize.dynamic import DynamicQuantConfig, quantize_dynamic
 from qtoolkit.runtime.batches import logits_of
 from qtoolkit.runtime.torch_runner import torch_runner
+from qtoolkit.tasks.text_classification import load_encoder
 
 TEXTS = ["the film was great fun", "an awful, dull movie!", "good", "bad bad bad 123 the film is dull"]
 LABELS = ["neg", "mid", "pos"]

@@ -19,7 +19,7 @@ from torch.utils.data import TensorDataset
 
 from qtoolkit.errors import QtkError
 from qtoolkit.evaluate.accuracy import evaluate_accuracy
-from qtoolkit.quantize import qat as qat_module
+from qtoolkit.quantize import base as base_module
 from qtoolkit.quantize.fake_quant import qat_qconfig, quant_ranges
 from qtoolkit.quantize.qat import QATConfig, QATSchedule, convert_qat_model, prepare_qat_model, run_qat
 from qtoolkit.quantize.qconfig import ObserverSpec, build_qconfig
@@ -75,8 +75,10 @@ def fp32_model() -> nn.Module:
 def test_quant_ranges() -> None:
     r = quant_ranges(4, 8, reduce_range=False)
     assert (r.weight_min, r.weight_max, r.act_min, r.act_max) == (-8, 7, 0, 255)
-    r = quant_ranges(8, 8, reduce_range=True)
-    assert (r.weight_min, r.weight_max, r.act_min, r.act_max) == (-128, 127, 0, 127)
+    r = quant_ranges(8, 8, reduce_range=True)  # 8-bit weights: the narrow grid PTQ uses too
+    assert (r.weight_min, r.weight_max, r.act_min, r.act_max) == (-127, 127, 0, 127)
+    r = quant_ranges(8, 8, reduce_range=False, narrow_range=False)
+    assert (r.weight_min, r.weight_max) == (-128, 127)
     with pytest.raises(QtkError, match="weight_bits"):
         quant_ranges(9, 8, False)
 
@@ -98,11 +100,34 @@ def test_qat_qconfig_is_plain_fake_quant_with_consistent_ranges(reduce_range: bo
     assert (ptq.quant_min, ptq.quant_max) == (-8, 7)
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_qat_and_ptq_share_one_weight_grid(bits: int) -> None:
+    qat = QATConfig(weight_bits=bits, reduce_range=False).qconfig().weight()
+    ptq = build_qconfig(ObserverSpec(weight_bits=bits, reduce_range=False)).weight()
+    assert (qat.quant_min, qat.quant_max) == (ptq.quant_min, ptq.quant_max)
+    assert (qat.quant_min, qat.quant_max) == ((-127, 127) if bits == 8 else (-8, 7))
+
+
+@pytest.mark.parametrize("narrow", [True, False])
+def test_narrow_grid_lets_every_weight_learn(narrow: bool) -> None:
+    """Straight-through fake-quant passes no gradient outside [q_min, q_max]: on the wide 8-bit grid
+    (scale max|w| / 127.5) each channel's largest positive weight lands on 127.5 and stops learning."""
+    fake_quant = qat_qconfig(8, 8, reduce_range=False, narrow_range=narrow).weight()
+    weight = torch.randn(16, 32, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    fake_quant(weight).sum().backward()
+    frozen = int((weight.grad == 0).sum())
+    positive_max_channels = int((weight.detach().amax(1) >= -weight.detach().amin(1)).sum())
+    if narrow:
+        assert frozen == 0
+    else:  # 127.5 rounds to 128 unless float division lands just below it
+        assert 0 < frozen <= positive_max_channels, (frozen, positive_max_channels)
+
+
 def test_reduce_range_default_follows_vnni(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(qat_module, "cpu_has_vnni", lambda: True)
+    monkeypatch.setattr(base_module, "cpu_has_vnni", lambda: True)
     assert QATConfig().resolved_reduce_range() is False
     assert QATConfig().qconfig().activation().quant_max == 255
-    monkeypatch.setattr(qat_module, "cpu_has_vnni", lambda: False)
+    monkeypatch.setattr(base_module, "cpu_has_vnni", lambda: False)
     assert QATConfig().resolved_reduce_range() is True
     assert QATConfig().qconfig().activation().quant_max == 127
     assert QATConfig(reduce_range=False).resolved_reduce_range() is False

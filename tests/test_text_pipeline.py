@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 
 pytest.importorskip("transformers")
 
+from models_for_tests import save_tiny_bert
+
 from qtoolkit.cli import main
-from qtoolkit.models.bert import save_tiny_bert
 
 WORDS = {"good": "pos", "great": "pos", "fun": "pos", "bad": "neg", "dull": "neg", "awful": "neg"}
 
@@ -44,9 +47,17 @@ evaluate: {{tolerance_pp: 100, min_agreement: 0.9, batch_size: 16, warmup: 1, re
 """
     )
     out = tmp_path / "out"
+    # What a `qtk run` killed with SIGKILL leaves behind: a staging directory of a pid that is gone.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = out / f".qtk-staging-{dead.pid}-x1y2z3"
+    stale.mkdir(parents=True)
+    (stale / "model_fp32.onnx").write_bytes(b"\0" * 4096)
     code = main(["run", str(recipe), "--out", str(out), "--cache", str(tmp_path / "cache")])
     report = json.loads((out / "report.json").read_text())
     assert code == 0, report["checks"]
+    assert not list(out.glob(".qtk-staging-*"))  # the dead run's staging is gone, ours published
+    assert not list((tmp_path / "cache").rglob(".qtk-staging-*"))
     assert report["method"] == "dynamic"
     assert report["export"]["passes"]["integer_matmuls"] > 0
     assert report["metrics"]["int8_onnx"]["size_mb"] < report["metrics"]["fp32_onnx"]["size_mb"]
@@ -73,3 +84,4 @@ def test_missing_text_column_is_one_line(tmp_path, capsys):
     assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "body" in err[0]
+    assert not (tmp_path / "out").exists()  # nothing is created before the input is valid

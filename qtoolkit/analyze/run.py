@@ -9,10 +9,10 @@ from typing import Any
 
 from qtoolkit.analyze.layerwise import format_table, layerwise_sqnr, plot_sqnr
 from qtoolkit.atomic import write_text_atomic
+from qtoolkit.configs import static_config
 from qtoolkit.errors import QtkError
 from qtoolkit.export import export_int8_onnx
 from qtoolkit.paths import default_cache_dir
-from qtoolkit.pipeline import static_config
 from qtoolkit.recipe import Recipe
 from qtoolkit.tasks.base import prepare_task
 

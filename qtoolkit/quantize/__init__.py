@@ -1,18 +1,21 @@
 """Quantize stage: one verb, ``quantize(model, config, ...)``, over dataclass configs."""
 
-from qtoolkit.quantize import qat_method  # noqa: F401  (registers the QATConfig handler)
-from qtoolkit.quantize.api import QuantizedModel, quantize, register_quantizer
-from qtoolkit.quantize.dynamic import DynamicQuantConfig
-from qtoolkit.quantize.qat import QATConfig
+from qtoolkit.quantize.api import METHODS, QuantizedModel, get_method, quantize, register_quantizer
+from qtoolkit.quantize.base import QuantConfig
+from qtoolkit.quantize.dynamic import DynamicQuantConfig  # registers "dynamic"
+from qtoolkit.quantize.qat import QATConfig  # registers "qat"
 from qtoolkit.quantize.qconfig import ObserverSpec
 from qtoolkit.quantize.static import StaticQuantConfig
 
 __all__ = [
+    "METHODS",
     "DynamicQuantConfig",
     "ObserverSpec",
     "QATConfig",
+    "QuantConfig",
     "QuantizedModel",
     "StaticQuantConfig",
+    "get_method",
     "quantize",
     "register_quantizer",
 ]

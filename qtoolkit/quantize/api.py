@@ -1,7 +1,10 @@
 """One verb over dataclass configs: ``quantize(model, StaticQuantConfig(), calibration=...)``.
 
-Each config type has a handler in a registry (no if-chains); handlers return a torch INT8 model
-that :func:`qtoolkit.export.export_int8_onnx` can export.
+One registry of methods, keyed by the method's name (the recipe's ``quantize.method``): each entry
+holds the config class, the handler and the ONNX form the INT8 model exports to. ``quantize`` finds
+the entry from the config's class (``config.method``), the pipeline from the recipe's name; there is
+no second table. Handlers return a torch INT8 model that
+:func:`qtoolkit.export.quantized.export_quantized` writes in the config's ``export_format``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 from torch import nn
 
 from qtoolkit.errors import QtkError
+from qtoolkit.quantize.base import QuantConfig
 from qtoolkit.quantize.static import StaticQuantConfig, quantize_static
 
 
@@ -27,27 +31,52 @@ class QuantizedModel:
 
 
 Handler = Callable[..., QuantizedModel]
-_HANDLERS: dict[type, Handler] = {}
 
 
-def register_quantizer(config_type: type) -> Callable[[Handler], Handler]:
-    """Decorator: ``handler(model, config, **inputs) -> QuantizedModel`` serves ``config_type``."""
+@dataclass(frozen=True)
+class Method:
+    """A quantization method: its config class, its handler and its export form."""
+
+    name: str
+    config_type: type[QuantConfig]
+    handler: Handler
+
+    @property
+    def export_format(self) -> str:
+        return self.config_type.export_format
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_quantizer(config_type: type[QuantConfig]) -> Callable[[Handler], Handler]:
+    """Decorator: ``handler(model, config, **inputs) -> QuantizedModel`` serves ``config_type``,
+    under the method name ``config_type.method``."""
+    if not (isinstance(config_type, type) and issubclass(config_type, QuantConfig) and config_type.method):
+        raise TypeError(f"{config_type!r} is not a QuantConfig subclass with a method name")
 
     def decorate(handler: Handler) -> Handler:
-        _HANDLERS[config_type] = handler
+        METHODS[config_type.method] = Method(config_type.method, config_type, handler)
         return handler
 
     return decorate
 
 
-def quantize(model: nn.Module, config: object, **inputs: Any) -> QuantizedModel:
+def get_method(name: str) -> Method:
+    """The registered method ``name``; QtkError listing the others when there is none."""
+    if name not in METHODS:
+        raise QtkError(f"unknown quantization method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def quantize(model: nn.Module, config: QuantConfig, **inputs: Any) -> QuantizedModel:
     """Quantize ``model`` as ``config`` says; ``inputs`` are what that method needs
     (static: ``calibration`` batches and an ``example_input``). ``model`` is not modified."""
-    handler = _HANDLERS.get(type(config))
-    if handler is None:
-        known = ", ".join(t.__name__ for t in _HANDLERS)
+    method = METHODS.get(getattr(config, "method", ""))
+    if method is None or not isinstance(config, method.config_type):
+        known = ", ".join(m.config_type.__name__ for m in METHODS.values())
         raise QtkError(f"no quantizer for {type(config).__name__}; use one of {known}")
-    return handler(model, config, **inputs)
+    return method.handler(model, config, **inputs)
 
 
 @register_quantizer(StaticQuantConfig)

@@ -21,14 +21,15 @@ from __future__ import annotations
 import copy
 import fnmatch
 import warnings
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from qtoolkit.errors import QtkError
 from qtoolkit.quantize.api import QuantizedModel, register_quantizer
+from qtoolkit.quantize.base import QuantConfig, set_backend
 
 __all__ = [
     "DynamicQuantConfig",
@@ -39,9 +40,9 @@ __all__ = [
 ]
 
 
-@dataclass
-class DynamicQuantConfig:
-    """What ``quantize_dynamic`` quantizes and how.
+@dataclass(frozen=True)
+class DynamicQuantConfig(QuantConfig):
+    """What ``quantize_dynamic`` quantizes and how (``backend``: torch's engine for the INT8 kernels).
 
     include / exclude are fnmatch patterns on module names (``model.named_modules()``), e.g.
     ``exclude=("classifier",)`` keeps the classification head in float, ``("*embeddings*",)`` the
@@ -49,22 +50,20 @@ class DynamicQuantConfig:
     matches some include pattern and no exclude pattern.
     """
 
+    method: ClassVar[str] = "dynamic"
+    export_format: ClassVar[str] = "dynamic"
+    RENAMED: ClassVar[dict[str, str]] = {"engine": "backend"}
+
     dtype: str = "qint8"  # weights; only qint8 is exportable to integer ONNX
     per_channel: bool = True  # one weight scale per output channel (fbgemm/x86 support it)
     reduce_range: bool = False  # 7-bit activations (torch's default) instead of 8-bit (ORT's)
     embeddings: bool = True  # also quantize nn.Embedding weight-only (uint8 per row)
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
-    engine: str = field(default="x86")  # torch.backends.quantized.engine used for the INT8 kernels
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.dtype != "qint8":
             raise QtkError(f"dynamic quantization dtype {self.dtype!r} is not supported; use 'qint8'.")
-        self.include = tuple(self.include)
-        self.exclude = tuple(self.exclude)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def selects(self, name: str) -> bool:
         """True when module ``name`` is matched by include and not by exclude."""
@@ -102,12 +101,7 @@ def quantize_dynamic(model: nn.Module, config: DynamicQuantConfig | None = None)
     Raises QtkError when the patterns select no module at all (a typo in include/exclude).
     """
     config = config or DynamicQuantConfig()
-    if config.engine not in torch.backends.quantized.supported_engines:
-        raise QtkError(
-            f"quantized engine {config.engine!r} is not available; "
-            f"choose one of {torch.backends.quantized.supported_engines}."
-        )
-    torch.backends.quantized.engine = config.engine
+    set_backend(config.backend)
     linear_qconfig, embedding_qconfig = _qconfigs(config)
     spec: dict[str, Any] = {}
     for name, module in model.named_modules():

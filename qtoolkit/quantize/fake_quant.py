@@ -4,8 +4,9 @@ Affine quantization of x with scale s and zero point z onto the integer range [q
 
     q = clamp(round(x / s) + z, q_min, q_max),      x_hat = (q - z) * s
 
-Weights: per output channel c, symmetric (z = 0), s_c = max|W_c| / ((q_max - q_min) / 2), with
-[q_min, q_max] = [-2^(b-1), 2^(b-1) - 1] stored as qint8 (b = 4 gives -8..7). Activations:
+Weights: per output channel c, symmetric (z = 0), s_c = max|W_c| / ((q_max - q_min) / 2), on the
+grid PTQ uses too (:func:`qtoolkit.quantize.base.weight_grid`): [-127, 127] at 8 bits,
+[-2^(b-1), 2^(b-1) - 1] below (b = 4 gives -8..7), stored as qint8. Activations:
 per tensor, affine, quint8 [0, 2^a - 1], halved to [0, 2^(a-1) - 1] with ``reduce_range`` (CPUs
 without VNNI saturate u8*s8 pairs in 16-bit otherwise). Moving-average observers use
 min_t = (1 - c) min_{t-1} + c min(x_t).
@@ -29,6 +30,7 @@ from torch.ao.quantization import (
 )
 
 from qtoolkit.errors import QtkError
+from qtoolkit.quantize.base import weight_grid
 
 
 @dataclass(frozen=True)
@@ -39,14 +41,15 @@ class QuantRanges:
     act_max: int
 
 
-def quant_ranges(weight_bits: int, activation_bits: int, reduce_range: bool) -> QuantRanges:
+def quant_ranges(
+    weight_bits: int, activation_bits: int, reduce_range: bool, narrow_range: bool | None = None
+) -> QuantRanges:
     """Integer ranges for ``weight_bits``-bit symmetric weights and ``activation_bits``-bit activations."""
-    if not 2 <= weight_bits <= 8:
-        raise QtkError(f"weight_bits={weight_bits} is not supported; use 2..8 (stored as qint8)")
+    weight_min, weight_max = weight_grid(weight_bits, narrow_range)
     if not 2 <= activation_bits <= 8:
         raise QtkError(f"activation_bits={activation_bits} is not supported; use 2..8 (stored as quint8)")
     act_bits = activation_bits - 1 if reduce_range else activation_bits
-    return QuantRanges(-(2 ** (weight_bits - 1)), 2 ** (weight_bits - 1) - 1, 0, 2**act_bits - 1)
+    return QuantRanges(weight_min, weight_max, 0, 2**act_bits - 1)
 
 
 def qat_qconfig(
@@ -56,9 +59,10 @@ def qat_qconfig(
     reduce_range: bool = False,
     per_channel: bool = True,
     averaging_constant: float = 0.01,
+    narrow_range: bool | None = None,
 ) -> QConfig:
     """Fake-quant qconfig: moving-average observers, per-channel symmetric weights."""
-    r = quant_ranges(weight_bits, activation_bits, reduce_range)
+    r = quant_ranges(weight_bits, activation_bits, reduce_range, narrow_range)
     activation = FakeQuantize.with_args(
         observer=MovingAverageMinMaxObserver,
         quant_min=r.act_min,

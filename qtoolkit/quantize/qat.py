@@ -15,37 +15,52 @@ unmodified model plus example inputs.
 from __future__ import annotations
 
 import copy
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import torch
 from torch import nn
 from torch.ao.nn.intrinsic.qat import freeze_bn_stats
 from torch.ao.quantization import QConfig, convert, disable_observer, prepare_qat
 
 from qtoolkit.errors import QtkError
-from qtoolkit.quantize.fake_quant import qat_qconfig
-from qtoolkit.quantize.qconfig import set_backend
-from qtoolkit.report.environment import cpu_has_vnni
+from qtoolkit.quantize.api import QuantizedModel, register_quantizer
+from qtoolkit.quantize.base import MODES, QuantConfig, check_choice, resolve_reduce_range, set_backend
+from qtoolkit.quantize.fake_quant import qat_qconfig, quant_ranges
+from qtoolkit.quantize.static import resolve_mode
 from qtoolkit.train.engine import Callback, TrainConfig, TrainResult, fit
 
 
-@dataclass
-class QATConfig:
-    weight_bits: int = 8  # symmetric per-channel, stored as qint8 (4 -> -8..7)
+@dataclass(frozen=True)
+class QATConfig(QuantConfig):
+    """QAT settings (``backend``: torch's engine for convert; ``weight_bits``, ``reduce_range`` and
+    ``narrow_range`` mean what they mean for static PTQ, and give the same weight grid)."""
+
+    method: ClassVar[str] = "qat"
+    export_format: ClassVar[str] = "qdq"
+
+    weight_bits: int = 8  # symmetric per-channel, stored as qint8 (8 -> ±127, 4 -> -8..7)
     activation_bits: int = 8  # affine per-tensor quint8
     per_channel: bool = True
     reduce_range: bool | None = None  # activations; None -> True only on CPUs without VNNI
+    narrow_range: bool | None = None  # weights in ±(2^(b-1) - 1); None: at 8 bits only (as PTQ)
     averaging_constant: float = 0.01  # moving-average observer momentum
     freeze_observers_epoch: int | None = None  # observers frozen from the start of this epoch (0-based)
     freeze_bn_epoch: int | None = None  # BN running statistics frozen from the start of this epoch
     freeze_observers_step: int | None = None  # same, from this global optimizer step on
     freeze_bn_step: int | None = None
-    backend: str = "x86"  # torch quantized engine for convert (x86 | fbgemm | qnnpack)
-    mode: str = "eager"  # eager | fx
+    mode: str = "eager"  # eager | fx | auto (eager when the model carries QuantStubs)
+
+    def validate(self) -> None:
+        quant_ranges(self.weight_bits, self.activation_bits, False, self.narrow_range)  # bits in 2..8
+        check_choice("QATConfig", "mode", self.mode, MODES)
+        if not 0 < self.averaging_constant <= 1:
+            raise QtkError(f"QATConfig.averaging_constant must be in (0, 1], not {self.averaging_constant}")
 
     def resolved_reduce_range(self) -> bool:
-        return (not cpu_has_vnni()) if self.reduce_range is None else self.reduce_range
+        return resolve_reduce_range(self.reduce_range)
 
     def qconfig(self) -> QConfig:
         return qat_qconfig(
@@ -54,6 +69,7 @@ class QATConfig:
             reduce_range=self.resolved_reduce_range(),
             per_channel=self.per_channel,
             averaging_constant=self.averaging_constant,
+            narrow_range=self.narrow_range,
         )
 
 
@@ -64,15 +80,13 @@ def prepare_qat_model(
     set_backend(config.backend)
     qconfig = config.qconfig()
     model = copy.deepcopy(model).cpu().train()
-    if config.mode == "fx":
+    if resolve_mode(model, config.mode) == "fx":
         from torch.ao.quantization import QConfigMapping
         from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
         if example_inputs is None:
             raise QtkError("FX-mode QAT needs example_inputs (a tuple with one batch of model inputs)")
         return prepare_qat_fx(model, QConfigMapping().set_global(qconfig), example_inputs)
-    if config.mode != "eager":
-        raise QtkError(f"QAT mode {config.mode!r} is not one of ['eager', 'fx']")
     if not hasattr(model, "fuse_model"):
         raise QtkError(
             f"{type(model).__name__} has no fuse_model(); use a quantizable model "
@@ -88,7 +102,7 @@ def convert_qat_model(qat_model: nn.Module, config: QATConfig) -> nn.Module:
     """Real INT8 torch model (CPU) from a fine-tuned QAT model; the input model is left unchanged."""
     set_backend(config.backend)
     model = copy.deepcopy(qat_model).cpu().float().eval()
-    if config.mode == "fx":
+    if isinstance(model, torch.fx.GraphModule):  # prepared by prepare_qat_fx
         from torch.ao.quantization.quantize_fx import convert_fx
 
         return convert_fx(model)
@@ -158,3 +172,43 @@ def run_qat(
         **fit_kwargs,
     )
     return QATResult(qat_model=qat_model, quantized=convert_qat_model(qat_model, qat_config), train=result)
+
+
+@register_quantizer(QATConfig)
+def _qat(
+    model: nn.Module,
+    config: QATConfig,
+    *,
+    train_dataset: Any,
+    train_config: TrainConfig,
+    example_input: Any = None,
+    checkpoint_dir: str | Path | None = None,
+    discard_checkpoints: bool = False,
+    progress: bool = True,
+) -> QuantizedModel:
+    """``quantize(model, QATConfig(...), train_dataset=..., train_config=...)``: fine-tune, convert.
+
+    With ``checkpoint_dir`` a killed run resumes from its last checkpoint; ``discard_checkpoints``
+    removes them once the INT8 model exists (the next run then starts a fresh fine-tune).
+    """
+    result = run_qat(
+        model,
+        train_dataset,
+        config,
+        train_config,
+        example_inputs=(example_input,) if example_input is not None else None,
+        checkpoint_dir=checkpoint_dir,
+        resume=checkpoint_dir is not None,
+        progress=progress,
+    )
+    if checkpoint_dir is not None and discard_checkpoints:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    details = {
+        "mode": "fx" if isinstance(result.qat_model, torch.fx.GraphModule) else "eager",
+        "weight_bits": config.weight_bits,
+        "train_steps": result.train.global_step,
+        "train_seconds": round(result.train.seconds, 1),
+        "resumed_from": result.train.resumed_from,
+        "precision": train_config.precision,
+    }
+    return QuantizedModel(result.quantized, "qat", details)

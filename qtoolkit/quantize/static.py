@@ -20,6 +20,7 @@ import copy
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 
 from qtoolkit.data.calibration import CalibrationReader, checked_batches
 from qtoolkit.errors import QtkError
+from qtoolkit.quantize.base import MODES, QuantConfig, check_choice, set_backend
 from qtoolkit.quantize.canonical import (
     canonicalize_for_fx,
     clamp_aware_observers,
@@ -36,7 +38,7 @@ from qtoolkit.quantize.canonical import (
     unshare_pool_observers,
 )
 from qtoolkit.quantize.kernel_check import verify_int8_kernels
-from qtoolkit.quantize.qconfig import ObserverSpec, build_qconfig, set_backend
+from qtoolkit.quantize.qconfig import ObserverSpec, build_qconfig
 
 # Float modules that FX/eager leave unquantized for a reason other than "unsupported": they either
 # carry no arithmetic or run fine on the integer grid of their input.
@@ -61,16 +63,23 @@ _NOT_EXPORTABLE = (
 
 
 @dataclass(frozen=True)
-class StaticQuantConfig:
-    """Static PTQ settings: torch engine, observers, front end and modules kept in float."""
+class StaticQuantConfig(QuantConfig):
+    """Static PTQ settings: torch engine (``backend``), observers, front end and modules kept in float."""
 
-    backend: str = "x86"
+    method: ClassVar[str] = "static"
+    export_format: ClassVar[str] = "qdq"
+
     observers: ObserverSpec = field(default_factory=ObserverSpec)
     mode: str = "auto"  # auto (eager when the model has QuantStubs) | eager | fx
     skip_modules: tuple[str, ...] = ()  # module names (prefixes) left in float
     canonicalize: bool = True  # FX: functional conv/linear on own parameters -> leaf modules
     clamp_aware: bool = True  # FX: observers feeding ReLU6/Hardtanh/ReLU observe the clamped value
     pool_own_qparams: bool = True  # FX: global average pools run in float; their output gets own qparams
+
+    def validate(self) -> None:
+        if not isinstance(self.observers, ObserverSpec):
+            raise QtkError(f"StaticQuantConfig.observers must be an ObserverSpec, not {self.observers!r}")
+        check_choice("StaticQuantConfig", "mode", self.mode, MODES)
 
 
 @dataclass
@@ -85,6 +94,13 @@ class StaticQuantResult:
 
 def has_quant_stubs(model: nn.Module) -> bool:
     return any(isinstance(m, tq.QuantStub) for m in model.modules())
+
+
+def resolve_mode(model: nn.Module, mode: str) -> str:
+    """``auto`` -> eager for models that carry QuantStubs (torchvision's quantizable zoo), else FX."""
+    if mode == "auto":
+        return "eager" if has_quant_stubs(model) else "fx"
+    return mode
 
 
 def _calibrate(prepared: nn.Module, calibration: CalibrationReader | Iterable[object]) -> int:
@@ -189,11 +205,7 @@ def quantize_static(
     """
     set_backend(config.backend)
     qconfig = build_qconfig(config.observers)
-    mode = config.mode
-    if mode == "auto":
-        mode = "eager" if has_quant_stubs(model) else "fx"
-    if mode not in ("eager", "fx"):
-        raise QtkError(f"quantize.mode must be auto, eager or fx, not {config.mode!r}")
+    mode = resolve_mode(model, config.mode)
     model = copy.deepcopy(model).eval()
     rules: dict[str, list[str]] = {}
     pool_observers: dict[str, nn.Module] = {}

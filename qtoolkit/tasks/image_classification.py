@@ -1,16 +1,14 @@
 """Image classification: data, calibration subset and FP32 baseline for a recipe.
 
-The baseline is a user checkpoint, local torchvision weights, or the recipe's own SGD training,
-cached under ``$QTK_CACHE/baselines`` keyed by everything that determines it (model, data files,
-training settings, torch version) so that a second run loads instead of retraining.
+The baseline is a user checkpoint, local torchvision weights, or the recipe's own SGD training
+(:func:`qtoolkit.train.baselines.image_baseline`), cached under ``$QTK_CACHE/baselines`` keyed by
+everything that determines it (model, data files, training settings, torch version) so that a
+second run loads instead of retraining.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from qtoolkit.atomic import atomic_path, write_text_atomic
+from qtoolkit.configs import baseline_train_config
 from qtoolkit.data import fashion_mnist
 from qtoolkit.data.calibration import calibration_set, fingerprint
 from qtoolkit.data.image_folder import image_folder
@@ -27,9 +25,7 @@ from qtoolkit.models import create_model
 from qtoolkit.models.weights import load_weights, torchvision_weights_path
 from qtoolkit.recipe import Recipe
 from qtoolkit.tasks.base import PreparedTask, register_task
-from qtoolkit.train import TrainConfig, fit
-
-log = logging.getLogger("qtoolkit")
+from qtoolkit.train.baselines import image_baseline
 
 
 def _limit(dataset: Dataset, limit: int | None) -> Dataset:
@@ -65,8 +61,9 @@ def _load_datasets(recipe: Recipe) -> tuple[Dataset, Dataset, dict[str, object],
     raise QtkError(f"{recipe.source}: unknown image dataset {data.name!r}; use fashion-mnist or image-folder")
 
 
-def _baseline_key(recipe: Recipe, data_info: dict[str, object]) -> str:
-    determining = {
+def _determining(recipe: Recipe, data_info: dict[str, object]) -> dict[str, object]:
+    """Everything that determines a trained baseline (its cache key)."""
+    return {
         "model": asdict(recipe.model),
         "data": {
             "name": recipe.data.name,
@@ -76,50 +73,24 @@ def _baseline_key(recipe: Recipe, data_info: dict[str, object]) -> str:
         "train": asdict(recipe.train),
         "torch": torch.__version__.split("+")[0],
     }
-    return hashlib.sha256(json.dumps(determining, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _train_config(recipe: Recipe) -> TrainConfig:
-    section = asdict(recipe.train)
-    return TrainConfig(**section)
 
 
 def _baseline(
     recipe: Recipe, train: Dataset, data_info: dict, cache_dir: Path
 ) -> tuple[torch.nn.Module, dict]:
     spec = recipe.model
-    model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels)
+
+    def build() -> torch.nn.Module:
+        return create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels)
+
     if spec.weights == "torchvision":
         path = torchvision_weights_path(spec.name)
-        return load_weights(model, path).eval(), {"source": "torchvision", "path": str(path)}
+        return load_weights(build(), path).eval(), {"source": "torchvision", "path": str(path)}
     if spec.weights != "train":
-        return load_weights(model, spec.weights).eval(), {"source": "checkpoint", "path": spec.weights}
-    key = _baseline_key(recipe, data_info)
-    weights_path = cache_dir / "baselines" / f"{spec.name}-{recipe.data.name}-{key}.pt"
-    meta_path = weights_path.with_suffix(".json")
-    if weights_path.is_file() and meta_path.is_file():
-        log.info("loading cached FP32 baseline %s", weights_path)
-        meta = json.loads(meta_path.read_text())
-        return load_weights(model, weights_path).eval(), {
-            **meta,
-            "source": "cache",
-            "path": str(weights_path),
-        }
-    log.info("training the FP32 baseline (%s epochs); cached at %s", recipe.train.epochs, weights_path)
-    # Epoch checkpoints next to the cache entry: an interrupted run resumes instead of restarting.
-    checkpoints = weights_path.with_name(weights_path.stem + "-checkpoints")
-    result = fit(model, train, _train_config(recipe), checkpoint_dir=checkpoints, resume=True, progress=True)
-    model.eval()
-    with atomic_path(weights_path) as tmp:
-        torch.save(model.state_dict(), tmp)
-    meta = {
-        "key": key,
-        "trained_seconds": round(result.seconds, 1),
-        "steps": result.global_step,
-    }
-    write_text_atomic(meta_path, json.dumps(meta, indent=2))
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    return model, {**meta, "source": "trained", "path": str(weights_path)}
+        return load_weights(build(), spec.weights).eval(), {"source": "checkpoint", "path": spec.weights}
+    name = f"{spec.name}-{recipe.data.name}"
+    config = baseline_train_config(recipe)
+    return image_baseline(build, train, config, cache_dir, name, _determining(recipe, data_info))
 
 
 @register_task("image-classification")

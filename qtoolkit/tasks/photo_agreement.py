@@ -8,8 +8,6 @@ cached under ``$QTK_CACHE/agreement`` keyed by model, weights, crops sha256 and 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from qtoolkit.atomic import atomic_path
+from qtoolkit.cache import cache_key, get_or_build
 from qtoolkit.data.photos import PhotoCrops, PhotoCropSpec, build_photo_crops
 from qtoolkit.errors import QtkError
 from qtoolkit.models import create_model
@@ -78,16 +76,18 @@ def fp32_logits(model: torch.nn.Module, recipe: Recipe, crops: PhotoCrops, cache
         "crops": crops.sha256,
         "torch": torch.__version__,
     }
-    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir / "agreement" / f"{recipe.model.name}-{key}.npy"
-    if path.is_file():
-        return np.load(path)
-    preprocess = PREPROCESS.get(recipe.model.name, imagenet_normalize)
-    loader = DataLoader(CropDataset(crops.eval, preprocess), batch_size=recipe.evaluate.batch_size)
-    logits = logits_of(torch_runner(model), loader, progress=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, logits)
-    return logits
+    path = cache_dir / "agreement" / f"{recipe.model.name}-{cache_key(key_data)}.npy"
+
+    def build(tmp: Path) -> np.ndarray:
+        preprocess = PREPROCESS.get(recipe.model.name, imagenet_normalize)
+        loader = DataLoader(CropDataset(crops.eval, preprocess), batch_size=recipe.evaluate.batch_size)
+        logits = logits_of(torch_runner(model), loader, progress=True)
+        with open(tmp, "wb") as handle:
+            np.save(handle, logits)
+        return logits
+
+    logits, cached = get_or_build(path, build)
+    return np.load(path) if cached else logits
 
 
 @register_task("photo-agreement")

@@ -2,30 +2,37 @@
 
 The FP32 baseline is the recipe's fine-tune of a local Hugging Face directory (``model.path``, or
 ``model.name: minilm-l6`` for the offline MiniLM-L6 package), cached under
-``$QTK_CACHE/bert-finetuned`` by base model files, split and training settings.
+``$QTK_CACHE/bert-finetuned`` by base model files, split and training settings
+(:func:`qtoolkit.train.baselines.fine_tune_cached`).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from qtoolkit.configs import fine_tune_config
 from qtoolkit.data.text import TextDataset, load_rotten_tomatoes, load_text_classification, stratified_split
 from qtoolkit.deploy import write_deploy_dir
 from qtoolkit.deploy.predict import TextEncoder
 from qtoolkit.errors import QtkError
-from qtoolkit.models.bert import (
-    FineTuneConfig,
-    effective_max_length,
-    fine_tune_cached,
-    load_encoder,
-    resolve_model_dir,
-)
+from qtoolkit.models.bert import effective_max_length, model_input_names, resolve_model_dir
 from qtoolkit.recipe import Recipe
 from qtoolkit.tasks.base import PreparedTask, register_task
+from qtoolkit.train.baselines import fine_tune_cached
+
+
+def load_encoder(model_dir: str | os.PathLike[str], max_length: int = 128) -> TextEncoder:
+    """The model directory's tokenizer (QtkError when it has none), truncating to ``max_length``
+    (capped at the model's positions) and producing the inputs its forward takes."""
+    model_dir = Path(model_dir)
+    return TextEncoder.from_dir(
+        model_dir, effective_max_length(model_dir, max_length), model_input_names(model_dir)
+    )
 
 
 def _load(recipe: Recipe) -> TextDataset:
@@ -75,23 +82,11 @@ def prepare_text_classification(recipe: Recipe, cache_dir: Path) -> PreparedTask
     test = splits.test
     if recipe.data.test_limit is not None:
         test = test.subset(range(min(len(test), recipe.data.test_limit)))
-    train = recipe.train
-    base = recipe.model.path or recipe.model.name
-    max_length = effective_max_length(resolve_model_dir(base), recipe.data.max_length)
-    config = FineTuneConfig(
-        steps=train.max_steps or 300,
-        batch_size=train.batch_size,
-        lr=train.lr,
-        warmup_steps=train.warmup_steps,
-        weight_decay=train.weight_decay,
-        max_length=max_length,
-        precision=train.precision,
-        grad_clip=train.grad_clip,
-        seed=train.seed,
-        device=train.device,
-    )
+    base_dir = resolve_model_dir(recipe.model.path or recipe.model.name)
+    config = fine_tune_config(recipe, effective_max_length(base_dir, recipe.data.max_length))
+    base_encoder = load_encoder(base_dir, config.max_length)
     model, model_dir, cached = fine_tune_cached(
-        base, splits.train, splits.fingerprint, config, cache_root=cache_dir
+        base_dir, splits.train, splits.fingerprint, config, base_encoder, cache_root=cache_dir
     )
     encoder = load_encoder(model_dir, config.max_length)
     example = _tensors(

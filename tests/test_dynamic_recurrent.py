@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from qtoolkit import DynamicQuantConfig, export_int8_onnx, quantize_model
-from qtoolkit.evaluate.ort_runtime import make_session
+from qtoolkit.runtime.ort import make_session
 
 EXACT = 1e-5
 

@@ -45,7 +45,10 @@ from qtoolkit.export.recurrent_passes import (
     RecurrentQuant,
     quantize_recurrent_nodes,
 )
-from qtoolkit.quantize.dynamic import activation_reduce_range, cell_reduce_range
+from qtoolkit.quantize.dynamic import (  # layering: export reads quantize's modules
+    activation_reduce_range,
+    cell_reduce_range,
+)
 
 __all__ = [
     "DynamicExportResult",

@@ -102,3 +102,33 @@ def _int8_values(graph: onnx.GraphProto) -> int:
     """INT8 initializer values in ``graph`` and its subgraphs (Scan bodies hold W_hh)."""
     count = sum(int(np.prod(i.dims)) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8)
     return count + sum(_int8_values(a.g) for node in graph.node for a in node.attribute if a.g.node)
+
+
+class FinalState(nn.Module):
+    """Classifies from h_n (LSTM: (h_n, c_n)) and takes an explicit initial state."""
+
+    def __init__(self, cell: type[nn.Module]) -> None:
+        super().__init__()
+        self.lstm = cell is nn.LSTM  # (after quantization the module is no longer an nn.LSTM)
+        self.rnn = cell(6, 10, 2, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(20, 2)
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+        state = (h0, torch.zeros_like(h0)) if self.lstm else h0
+        _, last = self.rnn(x, state)
+        h_n = last[0] if isinstance(last, tuple) else last
+        return self.head(torch.cat([h_n[-2], h_n[-1]], dim=-1))
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
+def test_final_state_and_initial_state_through_check_parity(cell: type[nn.Module], tmp_path: Path) -> None:
+    from qtoolkit import check_parity
+
+    torch.manual_seed(2)
+    quantized = quantize_model(FinalState(cell).eval(), DynamicQuantConfig())
+    example = (torch.randn(3, 5, 6), torch.randn(4, 3, 10))
+    result = export_int8_onnx(quantized, example, tmp_path / "h.onnx")
+    batches = [(torch.randn(b, s, 6), torch.randn(4, b, 10)) for b, s in ((2, 4), (1, 9))]
+    parity = check_parity(quantized.int8_model, result.path, batches, threads=1)
+    print(f"{cell.__name__} h_n: max|onnx-int8| {parity['max_abs_diff']:.2e}")
+    assert parity["samples"] == 3 and parity["max_abs_diff"] <= EXACT

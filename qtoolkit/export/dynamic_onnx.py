@@ -138,6 +138,10 @@ class ReferenceRecurrent(nn.Module):
         d, hidden = self.directions, self.hidden_size
         states = [x.new_zeros(len(self.layer_names) * d, batch, hidden)] * (2 if lstm else 1)
         if hx is not None:
+            if lstm != isinstance(hx, tuple | list) or (lstm and len(hx) != 2):
+                raise QtkError(
+                    f"{self.mode} initial state must be {'(h0, c0)' if lstm else 'one tensor h0'}."
+                )
             states = list(hx) if lstm else [hx]
         finals: list[list[torch.Tensor]] = [[] for _ in states]
         for index, name in enumerate(self.layer_names):

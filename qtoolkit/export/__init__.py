@@ -18,7 +18,9 @@ from torch import nn
 from qtoolkit.errors import QtkError
 from qtoolkit.export.onnx_export import DEFAULT_OPSET, ExampleInput, export_onnx, onnx_op_counts
 from qtoolkit.export.reference import to_reference
-from qtoolkit.quantize.api import QuantizedModel
+from qtoolkit.quantize.api import (
+    QuantizedModel,
+)  # layering: the export verb takes what quantize_model returns
 
 Exporter = Callable[[nn.Module, ExampleInput, "str | os.PathLike[str]", int, dict[str, Any]], Any]
 _EXPORTERS: dict[str, Exporter] = {}

@@ -2,6 +2,7 @@
 
     python bench/recurrent_speed.py                        # LSTM and GRU, batch 1 and 8, seq 64
     python bench/recurrent_speed.py --cells gru --rounds 5
+    python bench/recurrent_speed.py --cells lstm --per-tensor   # per-tensor weight scales, like ORT
 
 Model: Embedding 20k×256 → 2-layer LSTM/GRU 512 → Linear(2) on the last step (FIELD_NOTES'
 recurrent anchor). Variants in the same interleaved rounds, 2 threads: FP32 ONNX, qtoolkit INT8
@@ -50,7 +51,8 @@ def run(cell: str, args: argparse.Namespace, work: Path) -> None:
     example = {"input_ids": torch.randint(0, args.vocab, (2, 16))}
     paths = {name: work / f"{cell}_{name}.onnx" for name in ("fp32", "qtoolkit", "ort")}
     export_onnx(model, example, paths["fp32"])
-    export_int8_onnx(quantize_model(model, DynamicQuantConfig()), example, paths["qtoolkit"])
+    config = DynamicQuantConfig(per_channel=not args.per_tensor)
+    export_int8_onnx(quantize_model(model, config), example, paths["qtoolkit"])
     # ORT's quantizer needs W/R of each LSTM as initializers; the dynamo export leaves part of the
     # gate reordering as Slice/Concat, so fold constants first or ORT keeps the LSTM float
     folded = work / f"{cell}_fp32_folded.onnx"
@@ -89,6 +91,9 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--per-tensor", action="store_true", help="one weight scale per tensor (ORT's default)"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()

@@ -103,3 +103,19 @@ def test_int8_file_is_much_smaller(tmp_path):
     export_int8_onnx(int8, torch.randn(1, 3, 16, 16), tmp_path / "int8.onnx")
     # 4 bytes -> 1 byte per weight; biases (int32) and per-channel scales stay 4 bytes.
     assert model_size_mb(tmp_path / "fp32.onnx") / model_size_mb(tmp_path / "int8.onnx") > 3.3
+
+
+def test_export_verb_takes_the_quantized_model_or_its_int8_module(tmp_path):
+    """One verb: a static QuantizedModel and its int8_model export the same graph; bad types are one line."""
+    from qtoolkit import QtkError
+
+    batches = calibration_batches()
+    config = StaticQuantConfig(observers=ObserverSpec(reduce_range=False))
+    quantized = quantize(PlainNet().eval(), config, calibration=batches, example_input=batches[0][:1])
+    x = torch.randn(2, 3, 16, 16)
+    export_int8_onnx(quantized, x, tmp_path / "a.onnx")
+    export_int8_onnx(quantized.int8_model, x, tmp_path / "b.onnx")
+    assert onnx_op_counts(tmp_path / "a.onnx") == onnx_op_counts(tmp_path / "b.onnx")
+    np.testing.assert_array_equal(_run(tmp_path / "a.onnx", x), _run(tmp_path / "b.onnx", x))
+    with pytest.raises(QtkError, match="takes a QuantizedModel or a torch INT8 module"):
+        export_int8_onnx("model.pt", x, tmp_path / "c.onnx")

@@ -18,10 +18,9 @@ from qtoolkit.cache import publish, staging_dir
 from qtoolkit.configs import quant_config, quant_inputs
 from qtoolkit.errors import QtkError
 from qtoolkit.evaluate.compare import LatencySettings, compare_variants
-from qtoolkit.export import export_onnx, onnx_op_counts
-from qtoolkit.export.quantized import export_quantized
+from qtoolkit.export import export_int8_onnx, export_onnx, export_summary, onnx_op_counts
 from qtoolkit.paths import default_cache_dir
-from qtoolkit.quantize.api import QuantizedModel, get_method, quantize
+from qtoolkit.quantize.api import QuantizedModel, quantize
 from qtoolkit.recipe import Recipe
 from qtoolkit.report.environment import collect_environment
 from qtoolkit.report.writer import checks, write_report
@@ -84,10 +83,7 @@ def _export_evaluate_report(
 ) -> dict[str, Any]:
     fp32_path, int8_path = staging / FP32_ONNX, staging / INT8_ONNX
     export_onnx(task.fp32_model, task.example_input, fp32_path, opset=recipe.export.opset)
-    form = get_method(quantized.method).export_format
-    passes = export_quantized(
-        quantized.int8_model, form, task.example_input, int8_path, recipe.export.opset, quantized.details
-    )
+    passes = export_summary(export_int8_onnx(quantized, task.example_input, int8_path, recipe.export.opset))
     ev = recipe.evaluate
     settings = LatencySettings(ev.threads, ev.latency_batch_size, ev.warmup, ev.repeats)
     metrics, parity = compare_variants(

@@ -4,7 +4,7 @@ One registry of methods, keyed by the method's name (the recipe's ``quantize.met
 holds the config class, the handler and the ONNX form the INT8 model exports to. ``quantize`` finds
 the entry from the config's class (``config.method``), the pipeline from the recipe's name; there is
 no second table. Handlers return a torch INT8 model that
-:func:`qtoolkit.export.quantized.export_quantized` writes in the config's ``export_format``.
+:func:`qtoolkit.export.export_int8_onnx` writes in the config's ``export_format``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ class QuantizedModel:
     int8_model: nn.Module
     method: str  # static | dynamic | qat
     details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def export_format(self) -> str:
+        """The ONNX form :func:`qtoolkit.export_int8_onnx` writes (``qdq`` | ``dynamic``)."""
+        return get_method(self.method).export_format
 
 
 Handler = Callable[..., QuantizedModel]

@@ -85,7 +85,7 @@ class QuantConfig:
     """Base of the quantization configs: ``backend`` plus validation on construction.
 
     Subclasses set ``method`` (the name in the method registry and in recipes), ``export_format``
-    (``qdq`` or ``dynamic``: how :func:`qtoolkit.export.export_quantized` writes their INT8 model) and
+    (``qdq`` or ``dynamic``: how :func:`qtoolkit.export.export_int8_onnx` writes their INT8 model) and
     override :meth:`validate`. ``RENAMED`` maps an old keyword to its new name: passing the old one
     raises a :class:`QtkError` that names both.
     """

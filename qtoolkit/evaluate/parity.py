@@ -1,4 +1,11 @@
-"""Parity of an exported ONNX model with the torch model it came from (INT8 torch vs INT8 ONNX)."""
+"""Parity of an exported INT8 ONNX model with the torch INT8 model it came from.
+
+The reference is torch's converted INT8 model, whose kernels run every op the export quantizes.
+Where a graph rule quantizes more than torch.ao can run (ops named, as ONNX op types, in the INT8
+model's ``qtk_simulated_ops`` attribute), the reference is the QDQ simulation of exactly the
+exported graph (:func:`qtoolkit.export.to_reference`). ``reference`` in the result says, per
+op kind of the ONNX graph that reads a DequantizeLinear, which of the two it was checked against.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +13,47 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+import onnx
 from torch import nn
 
 from qtoolkit.evaluate.metrics import agreement, max_abs_diff, predictions
+from qtoolkit.export import to_reference
 from qtoolkit.runtime.batches import collect_logits
 from qtoolkit.runtime.ort import make_session, ort_runner
 from qtoolkit.runtime.torch_runner import torch_runner
 
+SIMULATED_OPS_ATTR = "qtk_simulated_ops"  # set of ONNX op types torch's INT8 model cannot run in integer
+TORCH_INT8, SIMULATION = "torch INT8", "QDQ simulation"
+# Layout-only ops: nothing to check beyond their neighbours.
+_LAYOUT_OPS = frozenset(
+    {"QuantizeLinear", "DequantizeLinear", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze",
+     "Shape", "Gather", "Slice", "Expand", "Identity"}
+)  # fmt: skip
+
+
+def references_by_op(onnx_path: str | os.PathLike[str], simulated: Iterable[str] = ()) -> dict[str, str]:
+    """ONNX op type -> reference it is checked against, for every op that reads a DequantizeLinear."""
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    kinds = {n.op_type for n in graph.node if n.op_type not in _LAYOUT_OPS and dequantized & set(n.input)}
+    simulated = set(simulated)
+    return {kind: SIMULATION if kind in simulated else TORCH_INT8 for kind in sorted(kinds)}
+
 
 def check_parity(
     int8_model: nn.Module, onnx_path: str | os.PathLike[str], batches: Iterable[Any], threads: int = 2
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Top-1 agreement and max |logit difference| between ``int8_model`` and the ONNX file.
 
     ``batches`` yields model inputs — a tensor, a tuple of tensors (positional inputs, in the ONNX
     model's input order) or a mapping of named tensors — or inputs with their label, ``(inputs,
     label)`` (see :func:`qtoolkit.runtime.batches.split_batch`). Returns ``agreement`` in [0, 1],
-    ``max_abs_diff`` and ``samples``.
+    ``max_abs_diff``, ``samples`` and ``reference`` (op kind -> "torch INT8" | "QDQ simulation").
     """
+    simulated = set(getattr(int8_model, SIMULATED_OPS_ATTR, ()))
+    expected_model = to_reference(int8_model) if simulated else int8_model
     session = make_session(onnx_path, threads)
-    runs = {"torch": torch_runner(int8_model), "onnx": ort_runner(session)}
+    runs = {"torch": torch_runner(expected_model), "onnx": ort_runner(session)}
     logits = collect_logits(
         runs, batches, arity=len(session.get_inputs()), desc="parity", progress=False
     ).logits
@@ -34,4 +62,5 @@ def check_parity(
         "agreement": agreement(predictions(expected), predictions(got)),
         "max_abs_diff": max_abs_diff(expected, got),
         "samples": len(expected),
+        "reference": references_by_op(onnx_path, simulated),
     }

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from qtoolkit.errors import QtkError
+from qtoolkit.export import float_ops  # noqa: F401  (registers float references: LayerNorm, BN, softmax)
 from qtoolkit.export.onnx_export import DEFAULT_OPSET, ExampleInput, export_onnx, onnx_op_counts
 from qtoolkit.export.reference import to_reference
 

@@ -209,6 +209,7 @@ _MODULE_BUILDERS: dict[type, Callable[[nn.Module], nn.Module]] = {
         m.kernel_size, m.stride, m.padding, m.dilation, ceil_mode=m.ceil_mode
     ),
 }
+MODULE_BUILDERS = _MODULE_BUILDERS  # public: other modules register references (export/float_ops.py)
 
 
 def _reference_of(module: nn.Module) -> nn.Module | None:
@@ -244,6 +245,9 @@ _FX_FUNCTIONAL: dict[str, tuple[Callable[..., torch.Tensor], int]] = {
     "hardswish": (F.hardswish, 1),
     "matmul": (torch.matmul, 2),
 }
+# quantized op name -> float function of the op's own (args, kwargs); output qparams read by name
+# (output_scale / output_zero_point). Filled by export/float_ops.py.
+FX_FLOAT_OPS: dict[str, Callable[..., torch.Tensor]] = {}
 
 
 def _attr_value(gm: fx.GraphModule, arg: object) -> object:
@@ -253,6 +257,21 @@ def _attr_value(gm: fx.GraphModule, arg: object) -> object:
             value = getattr(value, part)
         return value.item() if isinstance(value, torch.Tensor) else value
     return arg
+
+
+def _float_op_then_qdq(
+    gm: fx.GraphModule, node: fx.Node, fn: Callable[..., torch.Tensor], add_qdq: Callable[..., fx.Node]
+) -> None:
+    """``quantized::op(..., output_scale, output_zero_point)`` -> ``QDQ(fn(...))``."""
+    schema = node.target._schema if hasattr(node.target, "_schema") else node.target.default._schema
+    names = [a.name for a in schema.arguments]
+    bound = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+    scale, zero_point = (_attr_value(gm, bound.pop(k)) for k in ("output_scale", "output_zero_point"))
+    with gm.graph.inserting_before(node):
+        float_node = gm.graph.call_function(fn, (), bound)
+    qdq = add_qdq(float_node, float_node, float(scale), int(zero_point), torch.quint8)
+    node.replace_all_uses_with(qdq)
+    gm.graph.erase_node(node)
 
 
 def _rewrite_fx_graph(gm: fx.GraphModule) -> None:
@@ -271,7 +290,7 @@ def _rewrite_fx_graph(gm: fx.GraphModule) -> None:
 
     for node in list(graph.nodes):
         if node.op == "call_function" and node.target is torch.quantize_per_tensor:
-            _, scale, zero_point, dtype = (_attr_value(gm, a) for a in node.args)
+            scale, zero_point, dtype = (_attr_value(gm, a) for a in node.args[1:])  # [0]: may be a get_attr
             qdq = add_qdq(node, node.args[0], float(scale), int(zero_point), dtype)
             node.replace_all_uses_with(qdq)
             graph.erase_node(node)
@@ -284,6 +303,9 @@ def _rewrite_fx_graph(gm: fx.GraphModule) -> None:
             namespace, _, op_name = str(node.target).partition(".")
             op_name = op_name.split(".")[0]
             if namespace != "quantized":
+                continue
+            if op_name in FX_FLOAT_OPS:
+                _float_op_then_qdq(gm, node, FX_FLOAT_OPS[op_name], add_qdq)
                 continue
             if op_name not in _FX_FUNCTIONAL:
                 raise QtkError(

@@ -93,5 +93,6 @@ def _static(
         "mode": result.mode,
         "calibration_batches": result.calibration_batches,
         "float_modules": result.float_modules,
+        "float_ops": result.float_ops,  # quantized by torch, float between DQ and Q in the ONNX graph
     }
     return QuantizedModel(result.int8_model, "static", details)

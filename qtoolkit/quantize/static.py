@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from qtoolkit.data.calibration import CalibrationReader, checked_batches
 from qtoolkit.errors import QtkError
+from qtoolkit.quantize.attention import rewrite_attention
 from qtoolkit.quantize.base import MODES, QuantConfig, check_choice, set_backend
 from qtoolkit.quantize.canonical import (
     canonicalize_for_fx,
@@ -37,8 +38,10 @@ from qtoolkit.quantize.canonical import (
     run_grid_ops_on_int8,
     unshare_pool_observers,
 )
+from qtoolkit.quantize.float_ops import float_in_onnx
 from qtoolkit.quantize.kernel_check import verify_int8_kernels
 from qtoolkit.quantize.qconfig import ObserverSpec, build_qconfig
+from qtoolkit.quantize.traceability import fx_error_message
 
 # Float modules that FX/eager leave unquantized for a reason other than "unsupported": they either
 # carry no arithmetic or run fine on the integer grid of their input.
@@ -52,14 +55,7 @@ _COMPUTE_MODULES = (
     nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softmax, nn.LSTM, nn.Embedding,
 )  # fmt: skip
 # Quantized modules our ONNX reference cannot rebuild yet: keep their float originals.
-_NOT_EXPORTABLE = (
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.InstanceNorm1d,
-    nn.InstanceNorm2d,
-    nn.Embedding,
-    nn.EmbeddingBag,
-)
+_NOT_EXPORTABLE = (nn.Embedding, nn.EmbeddingBag)
 
 
 @dataclass(frozen=True)
@@ -88,6 +84,7 @@ class StaticQuantResult:
     mode: str
     calibration_batches: int
     float_modules: list[str]
+    float_ops: list[str] = field(default_factory=list)  # quantized by torch, float DQ -> op -> Q in ONNX
     observed_model: nn.Module | None = None  # calibrated float model before convert (keep_observed)
     rules: dict[str, list[str]] = field(default_factory=dict)  # what the FX rules changed
 
@@ -157,7 +154,7 @@ def _prepare_fx(
     skip = config.skip_modules
 
     mapping = tq.QConfigMapping().set_global(qconfig)
-    kept = []
+    kept, original = [], model
     for name, module in model.named_modules():
         if name and (name in skip or isinstance(module, _NOT_EXPORTABLE)):
             mapping.set_module_name(name, None)
@@ -165,6 +162,9 @@ def _prepare_fx(
                 kept.append(f"{name} ({type(module).__name__}: no INT8 ONNX export yet)")
     try:
         if config.canonicalize:
+            attention = rewrite_attention(model, example)
+            rules["attention"] = list(attention)
+            rules["float_softmax"] = [name for name, m in attention.items() if m.float_softmax]
             model, rules["canonicalized"] = canonicalize_for_fx(model)
         prepared = prepare_fx(model, mapping, example_inputs=(example,), backend_config=backend_config())
         if config.clamp_aware:
@@ -173,11 +173,7 @@ def _prepare_fx(
             pool_observers.update(unshare_pool_observers(prepared, qconfig.activation))
         return prepared, kept
     except Exception as error:  # symbolic tracing raises many types
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise QtkError(
-            f"FX cannot trace {type(model).__name__} ({first[:160]}); make forward traceable, "
-            "or add QuantStub/DeQuantStub and a fuse_model() and use mode: eager"
-        ) from error
+        raise QtkError(fx_error_message(original, error)) from error
 
 
 def _float_leftovers(int8_model: nn.Module) -> list[str]:
@@ -186,6 +182,8 @@ def _float_leftovers(int8_model: nn.Module) -> list[str]:
     for name, module in int8_model.named_modules():
         is_leaf = not any(True for _ in module.children())
         if not name or not is_leaf or isinstance(module, _NEUTRAL_FLOAT_MODULES):
+            continue
+        if ".quantized" in type(module).__module__:  # torch quantized it (float_in_onnx names the rest)
             continue
         if type(module) in _COMPUTE_MODULES or isinstance(module, _COMPUTE_MODULES):
             left.append(f"{name} ({type(module).__name__})")
@@ -230,6 +228,11 @@ def quantize_static(
     first = next(iter(checked_batches(calibration)))
     verify_int8_kernels(int8_model.eval(), first[:4], config.backend)  # refuses broken engines
     leftovers = sorted(set(kept) | set(_float_leftovers(int8_model)))
-    if leftovers:
-        warnings.warn(f"kept in float (not quantized): {', '.join(leftovers)}", stacklevel=2)
-    return StaticQuantResult(int8_model.eval(), mode, batches, leftovers, observed, rules)
+    float_ops = float_in_onnx(int8_model, rules.get("float_softmax", []))
+    if leftovers or float_ops:
+        said = [f"kept in float (not quantized): {', '.join(leftovers)}"] if leftovers else []
+        if float_ops:
+            said.append(f"float between DequantizeLinear/QuantizeLinear in ONNX (no integer kernel in "
+                        f"ONNX Runtime): {', '.join(float_ops)}")  # fmt: skip
+        warnings.warn("; ".join(said), stacklevel=2)
+    return StaticQuantResult(int8_model.eval(), mode, batches, leftovers, float_ops, observed, rules)

@@ -1,0 +1,215 @@
+"""Attention blocks rewritten so that FX static PTQ quantizes their Linear layers and MatMuls.
+
+``nn.MultiheadAttention`` is a leaf module that torch.ao leaves in float, and torchvision's Swin
+window attention is an ``fx.wrap``-ed function called on its Linear layers' weights: in both, the
+projections and the two activation x activation MatMuls stay float. Before tracing, each is
+replaced by an equivalent module built from the same parameters:
+
+    qkv = Linear(x)            (query rows of W, b pre-multiplied by d^-1/2: q·kᵀ/√d exactly)
+    s   = q @ kᵀ               (quantized::matmul -> QLinearMatMul in ONNX Runtime)
+    p   = softmax(s + B)       (float island: additive relative-position bias / shift mask B)
+    o   = Linear(p @ v)        (quantized::matmul, then the output projection)
+
+Softmax (with its additive bias) is an ``fx.wrap`` leaf, so it stays float between DQ and Q: an
+8-bit grid over logits holding a -100 mask would leave the real logits a few levels. Swin modules
+are specialised to the feature-map size they see on the example input (window partition, shift
+mask and padding become constants); the batch size stays free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+
+def attention_softmax(scores: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(scores + bias) over the last axis, in float (an FX leaf: torch.ao leaves it unquantized)."""
+    return F.softmax(scores if bias is None else scores + bias, dim=-1)
+
+
+fx.wrap("attention_softmax")
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias)
+    return linear
+
+
+def _scaled_qkv(weight: torch.Tensor, bias: torch.Tensor | None, dim: int, scale: float) -> nn.Linear:
+    """Packed q/k/v projection with the query rows multiplied by ``scale``."""
+    factor = torch.ones(weight.shape[0], 1)
+    factor[:dim] = scale
+    return _linear(weight.detach() * factor, None if bias is None else bias.detach() * factor[:, 0])
+
+
+class QuantizableSelfAttention(nn.Module):
+    """Drop-in for ``nn.MultiheadAttention`` (no masks, no bias_k/v): same math, quantizable parts.
+
+    Called with masks or with different query/key/value it defers to the original (float) module.
+    """
+
+    float_softmax = False  # DQ -> Softmax -> Q alone: ONNX Runtime fuses it into QLinearSoftmax
+
+    def __init__(self, mha: nn.MultiheadAttention) -> None:
+        super().__init__()
+        self.embed_dim, self.num_heads, self.batch_first = mha.embed_dim, mha.num_heads, mha.batch_first
+        head_dim = self.embed_dim // self.num_heads
+        self.qkv = _scaled_qkv(mha.in_proj_weight, mha.in_proj_bias, self.embed_dim, head_dim**-0.5)
+        self.out_proj = _linear(mha.out_proj.weight.detach(), mha.out_proj.bias)
+        self.original = mha
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not (query is key and key is value) or key_padding_mask is not None or attn_mask is not None:
+            return self.original(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                 average_attn_weights, is_causal)  # fmt: skip
+        x = query if self.batch_first else query.transpose(0, 1)
+        length, heads = x.shape[1], self.num_heads
+        qkv = self.qkv(x).reshape(-1, length, 3, heads, self.embed_dim // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = attention_softmax(torch.matmul(q, k.transpose(-2, -1)))
+        out = torch.matmul(attn, v).transpose(1, 2).reshape(-1, length, self.embed_dim)
+        out = self.out_proj(out)
+        out = out if self.batch_first else out.transpose(0, 1)
+        if not need_weights:
+            return out, None
+        return out, attn.mean(dim=1) if average_attn_weights else attn
+
+
+class QuantizableWindowAttention(nn.Module):
+    """torchvision's ``ShiftedWindowAttention`` for a fixed (H, W) feature map (any batch size)."""
+
+    float_softmax = True  # softmax(s + bias): Add and Softmax stay float in ONNX Runtime
+
+    def __init__(self, swa: nn.Module, height: int, width: int) -> None:
+        super().__init__()
+        (wh, ww), heads = swa.window_size, swa.num_heads
+        dim = swa.proj.in_features
+        self.dim, self.heads, self.window = dim, heads, (wh, ww)
+        self.size = (height, width)
+        self.pad = ((wh - height % wh) % wh, (ww - width % ww) % ww)
+        ph, pw = height + self.pad[0], width + self.pad[1]
+        self.padded = (ph, pw)
+        # no shift when one window covers the map (torchvision's rule)
+        self.shift = (0 if wh >= ph else swa.shift_size[0], 0 if ww >= pw else swa.shift_size[1])
+        self.qkv = _scaled_qkv(swa.qkv.weight, swa.qkv.bias, dim, (dim // heads) ** -0.5)
+        self.proj = _linear(swa.proj.weight.detach(), swa.proj.bias)
+        bias = swa.get_relative_position_bias().detach()  # (1, heads, N, N)
+        self.windows = (ph // wh) * (pw // ww)
+        if sum(self.shift) > 0:  # (1, windows, heads, N, N): bias plus the shifted-window mask
+            bias = bias.unsqueeze(1) + self._shift_mask().unsqueeze(1).unsqueeze(0)
+        self.register_buffer("bias", bias)
+
+    def _shift_mask(self) -> torch.Tensor:
+        """-100 where two tokens of a window come from different regions of the rolled map."""
+        (wh, ww), (sh, sw), (ph, pw) = self.window, self.shift, self.padded
+        regions = torch.zeros(ph, pw)
+        count = 0
+        for h in ((0, -wh), (-wh, -sh), (-sh, None)):
+            for w in ((0, -ww), (-ww, -sw), (-sw, None)):
+                regions[h[0] : h[1], w[0] : w[1]] = count
+                count += 1
+        regions = regions.view(ph // wh, wh, pw // ww, ww).permute(0, 2, 1, 3).reshape(self.windows, wh * ww)
+        mask = regions.unsqueeze(1) - regions.unsqueeze(2)
+        return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (wh, ww), (sh, sw), (ph, pw), c = self.window, self.shift, self.padded, self.dim
+        tokens, heads = wh * ww, self.heads
+        if sum(self.pad) > 0:
+            x = F.pad(x, (0, 0, 0, self.pad[1], 0, self.pad[0]))
+        if sh or sw:
+            x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+        x = x.reshape(-1, ph // wh, wh, pw // ww, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, tokens, c)
+        qkv = self.qkv(x).reshape(-1, tokens, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = torch.matmul(q, k.transpose(-2, -1))
+        if sh or sw:
+            scores = scores.reshape(-1, self.windows, heads, tokens, tokens)
+        attn = attention_softmax(scores, self.bias).reshape(-1, heads, tokens, tokens)
+        x = torch.matmul(attn, v).transpose(1, 2).reshape(-1, tokens, c)
+        x = self.proj(x)
+        x = x.reshape(-1, ph // wh, pw // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ph, pw, c)
+        if sh or sw:
+            x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
+        if sum(self.pad) > 0:
+            x = x[:, : self.size[0], : self.size[1], :].contiguous()
+        return x
+
+
+def _swin_window_attention() -> type | None:
+    try:
+        from torchvision.models.swin_transformer import ShiftedWindowAttention
+    except ImportError:  # torchvision is optional for the toolkit
+        return None
+    return ShiftedWindowAttention
+
+
+# Attention module type -> builder of its quantizable replacement from (module, input shape).
+AttentionBuilder = Callable[[nn.Module, torch.Size], nn.Module]
+ATTENTION_REWRITES: dict[type, AttentionBuilder] = {
+    nn.MultiheadAttention: lambda m, shape: QuantizableSelfAttention(m),
+}
+if (_swa := _swin_window_attention()) is not None:  # exact type: the V2 variant has other math
+    ATTENTION_REWRITES[_swa] = lambda m, shape: QuantizableWindowAttention(m, shape[1], shape[2])
+
+
+def rewrite_attention(model: nn.Module, example_input: torch.Tensor) -> dict[str, nn.Module]:
+    """Replace attention modules in ``model`` (in place) by quantizable equivalents: name -> new module.
+
+    One forward pass on ``example_input`` records each module's input shape (Swin's window layout
+    depends on it). MultiheadAttention with ``_qkv_same_embed_dim=False`` or bias_k/v is left alone.
+    """
+    targets = {
+        name: module
+        for name, module in model.named_modules()
+        if name
+        and type(module) in ATTENTION_REWRITES
+        and not (isinstance(module, nn.MultiheadAttention) and not _plain_mha(module))
+    }
+    if not targets:
+        return {}
+    shapes: dict[str, torch.Size] = {}
+
+    def record(name: str) -> Callable[[nn.Module, tuple[object, ...]], None]:
+        def hook(module: nn.Module, args: tuple[object, ...]) -> None:  # returns None: args unchanged
+            shapes.setdefault(name, args[0].shape if args and isinstance(args[0], torch.Tensor) else None)
+
+        return hook
+
+    hooks = [module.register_forward_pre_hook(record(name)) for name, module in targets.items()]
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    done = {}
+    for name, module in targets.items():
+        if name not in shapes:
+            continue  # not called on this input
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        done[name] = ATTENTION_REWRITES[type(module)](module, shapes[name]).train(module.training)
+        setattr(parent, attr, done[name])
+    return done
+
+
+def _plain_mha(mha: nn.MultiheadAttention) -> bool:
+    return mha._qkv_same_embed_dim and mha.bias_k is None and mha.in_proj_weight is not None

@@ -1,0 +1,212 @@
+"""Any torchvision classifier family exports to INT8 ONNX through the public API (tiny configs).
+
+Per family: export, full ``onnx.checker``, parity with torch INT8, and op counts of the graph ONNX
+Runtime actually runs (``optimized_model_filepath``): attention MatMuls and Linear layers in
+integer kernels, LayerNorm / BatchNorm-after-concat float between DequantizeLinear and QuantizeLinear.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import qtoolkit as qtk
+from qtoolkit.evaluate.ort_runtime import make_session
+from qtoolkit.evaluate.parity import SIMULATION, TORCH_INT8
+from qtoolkit.quantize.attention import rewrite_attention
+
+torchvision = pytest.importorskip("torchvision")
+M = torchvision.models
+INTEGER_MATMULS = ("QLinearMatMul", "MatMulIntegerToFloat", "MatMulInteger", "QGemm")
+
+
+def _vit() -> nn.Module:
+    model = M.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
+    )
+    nn.init.normal_(model.heads.head.weight, std=0.1)  # torchvision zero-inits it: constant logits
+    return model
+
+
+def _swin(window: int = 4) -> nn.Module:  # 8x8 map, window 4: the second block is shifted
+    return M.SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=[window, window],
+        num_classes=10,
+    )  # fmt: skip
+
+
+def _densenet() -> nn.Module:
+    return M.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, num_classes=10)
+
+
+def _convnext() -> nn.Module:
+    from torchvision.models.convnext import CNBlockConfig
+
+    return M.ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], num_classes=10)
+
+
+def _warmed(model: nn.Module, size: int = 32) -> nn.Module:
+    """Random init with BatchNorm statistics from random batches (train mode), then eval."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(8, 3, size, size))
+    return model.eval()
+
+
+def _batches(count: int, seed: int, size: int = 32) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(8, 3, size, size, generator=generator) for _ in range(count)]
+
+
+def _export(model: nn.Module, tmp_path, size: int = 32) -> tuple[qtk.QuantizedModel, object, Counter]:
+    calibration = _batches(4, seed=1, size=size)
+    quantized = qtk.quantize_model(
+        _warmed(model, size),
+        qtk.StaticQuantConfig(),
+        calibration=calibration,
+        example_input=calibration[0][:1],
+    )
+    path = tmp_path / "int8.onnx"
+    qtk.export_int8_onnx(quantized.int8_model, calibration[0][:1], path)
+    onnx.checker.check_model(str(path), full_check=True)
+    optimized = tmp_path / "optimized.onnx"
+    make_session(path, optimized_model_path=optimized)
+    return quantized, path, Counter(n.op_type for n in onnx.load(str(optimized)).graph.node)
+
+
+def _float_between_qdq(path, op_type: str) -> int:
+    """How many ``op_type`` nodes read only DequantizeLinear/initializers and feed only QuantizeLinear."""
+    graph = onnx.load(str(path)).graph
+    producer = {out: node.op_type for node in graph.node for out in node.output}
+    consumers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    count = 0
+    for node in graph.node:
+        if node.op_type != op_type:
+            continue
+        reads = [producer[i] for i in node.input if i in producer]
+        feeds = consumers.get(node.output[0], [])
+        count += bool(reads) and set(reads) == {"DequantizeLinear"} and set(feeds) == {"QuantizeLinear"}
+    return count
+
+
+def _parity(quantized: qtk.QuantizedModel, path) -> dict:
+    parity = qtk.check_parity(quantized.int8_model, path, _batches(4, seed=2))
+    assert parity["samples"] == 32
+    assert parity["agreement"] >= 0.96, parity  # 32 random inputs of a random net: near-tied logits
+    return parity
+
+
+def test_vit_attention_and_linear_run_in_integer(tmp_path) -> None:
+    quantized, path, ops = _export(_vit(), tmp_path)
+    parity = _parity(quantized, path)
+    # logit std ~0.5; measured 0.22: torch's INT8 model itself is 0.19 off its QDQ simulation (it
+    # warns that the class-token cat has unequal input qparams), ORT without fusions 0.05 off it
+    assert parity["max_abs_diff"] < 0.3
+    # 2 layers x (q·kᵀ, attn·v) activation MatMuls and (qkv, out_proj, 2 MLP) Linear layers + head
+    assert ops["MatMul"] == 0 and ops["Gemm"] == 0
+    assert ops["QLinearMatMul"] + ops["MatMulIntegerToFloat"] + ops["QGemm"] == 2 * 2 + 2 * 4 + 1
+    assert ops["QLinearMatMul"] >= 4  # the attention MatMuls: both inputs and the output quantized
+    assert ops["LayerNormalization"] == 5 == _float_between_qdq(path, "LayerNormalization")
+    assert parity["reference"]["MatMul"] == TORCH_INT8
+    assert parity["reference"]["LayerNormalization"] == TORCH_INT8
+    assert any("LayerNorm" in name for name in quantized.details["float_ops"])
+    assert any("GELU" in name for name in quantized.details["float_modules"])
+
+
+def test_swin_window_attention_runs_in_integer(tmp_path) -> None:
+    quantized, path, ops = _export(_swin(), tmp_path)
+    parity = _parity(quantized, path)
+    assert parity["max_abs_diff"] < 0.05
+    # 4 blocks x (2 attention MatMuls + qkv, proj, 2 MLP) + patch merging + head
+    assert ops["MatMul"] == 0 and ops["Gemm"] == 0
+    assert sum(ops[k] for k in INTEGER_MATMULS) == 4 * 6 + 1 + 1
+    assert ops["QLinearMatMul"] >= 8
+    assert ops["Softmax"] == 4  # with its relative-position bias (and shift mask): a float island
+    assert _float_between_qdq(path, "LayerNormalization") >= 9
+    assert sum("softmax" in name for name in quantized.details["float_ops"]) == 4
+
+
+def test_densenet_batchnorm_after_concat_stays_float(tmp_path) -> None:
+    quantized, path, ops = _export(_densenet(), tmp_path)
+    _parity(quantized, path)
+    convs = sum(isinstance(m, nn.Conv2d) for m in _densenet().modules())
+    # The stem conv runs float (FusedConv): its ReLU output shares qparams with every concatenation
+    # it joins (torch.ao's cat rule: zero point != 0), so ORT cannot drop the Relu (Concat: graph rules).
+    assert ops["QLinearConv"] + ops["FusedConv"] == convs and ops["QLinearConv"] >= convs - 1
+    assert ops["QGemm"] == 1
+    bn_relu = [n for n in quantized.details["float_ops"] if "BNReLU2d" in n or "BatchNorm" in n]
+    assert len(bn_relu) == 2 * 2 + 1 + 1  # norm1 of each dense layer, the transition, norm5
+
+
+def test_convnext_layer_norm_stays_float(tmp_path) -> None:
+    quantized, path, ops = _export(_convnext(), tmp_path)
+    parity = _parity(quantized, path)
+    assert ops["QLinearConv"] == sum(isinstance(m, nn.Conv2d) for m in _convnext().modules())
+    assert ops["MatMul"] == 0 and ops["Gemm"] == 0 and ops["Conv"] == 0
+    norms = sum(isinstance(m, nn.LayerNorm) for m in _convnext().modules())
+    assert ops["LayerNormalization"] == norms == _float_between_qdq(path, "LayerNormalization")
+    assert parity["reference"]["LayerNormalization"] == TORCH_INT8
+
+
+@pytest.mark.parametrize(
+    ("build", "size"),
+    [(_vit, 32), (_swin, 32), (lambda: _swin(window=3), 40)],
+    ids=["vit", "swin", "swin_pad"],
+)
+def test_attention_rewrite_is_exact_in_float(build, size) -> None:
+    model = build().eval()
+    inputs = torch.randn(3, 3, size, size)
+    rewritten = copy.deepcopy(model)
+    assert rewrite_attention(rewritten, inputs[:1])
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(inputs), model(inputs), atol=1e-5, rtol=1e-5)
+
+
+class _DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # Python control flow on a tensor value: FX cannot trace it
+            return self.conv(x)
+        return self.conv(-x)
+
+
+def test_untraceable_model_gets_one_line_naming_the_module() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Sequential(nn.ReLU(), _DataDependent())).eval()
+    data = [torch.randn(2, 3, 8, 8)]
+    with pytest.raises(qtk.QtkError) as caught:
+        qtk.quantize_model(model, qtk.StaticQuantConfig(mode="fx"), calibration=data, example_input=data[0])
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "module '1.1' (_DataDependent)" in message
+    assert "make that forward traceable" in message and "QuantStub/DeQuantStub" in message
+    assert "mode: eager" in message
+
+
+def test_parity_names_simulated_op_kinds(tmp_path) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 5)).eval()
+    data = _batches(2, seed=3)
+    quantized = qtk.quantize_model(
+        model, qtk.StaticQuantConfig(), calibration=data, example_input=data[0][:1]
+    )
+    path = tmp_path / "m.onnx"
+    qtk.export_int8_onnx(quantized.int8_model, data[0][:1], path)
+    assert qtk.check_parity(quantized.int8_model, path, data)["reference"] == {
+        "Conv": TORCH_INT8,
+        "Gemm": TORCH_INT8,
+    }
+    quantized.int8_model.qtk_simulated_ops = {"Gemm"}
+    parity = qtk.check_parity(quantized.int8_model, path, data)
+    assert parity["reference"] == {"Conv": TORCH_INT8, "Gemm": SIMULATION}
+    assert parity["agreement"] == 1.0

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import qtoolkit as qtk
-from qtoolkit.evaluate.ort_runtime import make_session
+from qtoolkit.runtime.ort import make_session
 from qtoolkit.evaluate.parity import SIMULATION, TORCH_INT8
 from qtoolkit.quantize.attention import rewrite_attention
 

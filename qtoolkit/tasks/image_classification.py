@@ -67,7 +67,8 @@ def _load_datasets(recipe: Recipe) -> tuple[Dataset, Dataset, dict[str, object],
 
 def _baseline_key(recipe: Recipe, data_info: dict[str, object]) -> str:
     determining = {
-        "model": asdict(recipe.model),
+        # options only when given: keys of baselines cached before model.options existed stay valid
+        "model": {k: v for k, v in asdict(recipe.model).items() if k != "options" or v},
         "data": {
             "name": recipe.data.name,
             "test": data_info.get("test_sha256"),
@@ -88,7 +89,9 @@ def _baseline(
     recipe: Recipe, train: Dataset, data_info: dict, cache_dir: Path
 ) -> tuple[torch.nn.Module, dict]:
     spec = recipe.model
-    model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels)
+    model = create_model(
+        spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels, **spec.options
+    )
     if spec.weights == "torchvision":
         path = torchvision_weights_path(spec.name)
         return load_weights(model, path).eval(), {"source": "torchvision", "path": str(path)}

@@ -39,7 +39,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     from qtoolkit.atomic import write_text_atomic
-    from qtoolkit.evaluate.benchmark import bench_image_model, format_bench
+    from qtoolkit.peers.image_bench import bench_image_model, format_bench
 
     results = bench_image_model(
         args.model, args.image_size, args.batch_sizes, args.threads, args.repeats, args.rounds
@@ -65,7 +65,7 @@ def _cmd_compare_ort(args: argparse.Namespace) -> int:
 
     from qtoolkit.analyze.run import compare_ort_recipe
     from qtoolkit.atomic import write_text_atomic
-    from qtoolkit.evaluate.ort_compare import format_comparison
+    from qtoolkit.peers.ort_compare import format_comparison
     from qtoolkit.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.set or [])
@@ -124,7 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     bench.add_argument("--threads", type=int, default=2)
     bench.add_argument("--repeats", type=int, default=50, help="timed runs per measurement")
-    bench.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best median is kept")
+    bench.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds: best round median per variant, ratios paired per round",
+    )
     bench.add_argument("--json", default=None, help="also write the results as JSON to this file")
     bench.set_defaults(func=_cmd_bench)
 

@@ -1,25 +1,107 @@
-"""Export stage: FP32 and INT8 (QDQ) ONNX from torch models."""
+"""Export stage: FP32 and INT8 ONNX from torch models.
+
+One verb for INT8, :func:`export_int8_onnx`, whatever ``quantize_model`` made: static and QAT models
+become QDQ graphs (:mod:`qtoolkit.export.reference`), dynamic ones integer MatMuls, uint8 embeddings,
+``DynamicQuantizeLSTM`` and integer GRUs (:mod:`qtoolkit.export.dynamic_onnx`). The exporter is
+looked up in a registry by the model's quantization method.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from qtoolkit.export.onnx_export import DEFAULT_OPSET, export_onnx, onnx_op_counts
+from qtoolkit.errors import QtkError
+from qtoolkit.export.onnx_export import DEFAULT_OPSET, ExampleInput, export_onnx, onnx_op_counts
 from qtoolkit.export.reference import to_reference
+from qtoolkit.quantize.api import QuantizedModel
+
+Exporter = Callable[[nn.Module, ExampleInput, "str | os.PathLike[str]", int, dict[str, Any]], Any]
+_EXPORTERS: dict[str, Exporter] = {}
+
+
+def register_exporter(method: str) -> Callable[[Exporter], Exporter]:
+    """Decorator: ``exporter(int8_model, example_inputs, path, opset, details)`` serves ``method``."""
+
+    def decorate(exporter: Exporter) -> Exporter:
+        _EXPORTERS[method] = exporter
+        return exporter
+
+    return decorate
+
+
+def quantization_method(int8_model: nn.Module) -> str:
+    """'dynamic' when the model holds torch.ao dynamic modules (Linear, LSTM/GRU, weight-only
+    Embedding), 'static' when it holds other quantized modules; QtkError when it holds none."""
+    from torch.ao.nn import quantized as nnq
+    from torch.ao.nn.quantized import dynamic as nnqd
+
+    modules = list(int8_model.modules())
+    dynamic = (nnqd.Linear, nnqd.modules.rnn.RNNBase, nnq.Embedding, nnq.EmbeddingBag)
+    if any(isinstance(m, dynamic) for m in modules):
+        return "dynamic"
+    if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in modules):
+        return "static"
+    raise QtkError(
+        f"{type(int8_model).__name__} has no quantized module; quantize it first: "
+        "qtoolkit.quantize_model(model, StaticQuantConfig() / DynamicQuantConfig() / QATConfig())."
+    )
 
 
 def export_int8_onnx(
-    int8_model: nn.Module,
-    example_input: torch.Tensor,
+    quantized: QuantizedModel | nn.Module,
+    example_inputs: ExampleInput | tuple[torch.Tensor, ...],
     path: str | os.PathLike[str],
     opset: int = DEFAULT_OPSET,
+) -> Any:
+    """Export what ``quantize_model`` returned (or its ``int8_model``) to one INT8 ONNX file.
+
+    ``example_inputs``: a tensor, a tuple (positional arguments of ``forward``) or a dict (keyword
+    arguments). Batch axes are dynamic, and for dynamic models the sequence axes of token ids and 3-D
+    inputs too. Returns the exporter's summary: for static/QAT the dict of graph-pass changes, for
+    dynamic a :class:`~qtoolkit.export.dynamic_onnx.DynamicExportResult`. Nothing is written on error.
+    """
+    if isinstance(quantized, QuantizedModel):
+        model, method, details = quantized.int8_model, quantized.method, quantized.details
+        method = "static" if method == "qat" else method  # QAT converts to the same modules as static
+    elif isinstance(quantized, nn.Module):
+        model, details = quantized, {}
+        method = quantization_method(model)
+    else:
+        raise QtkError(
+            f"export_int8_onnx takes a QuantizedModel or a torch INT8 module, not {type(quantized).__name__}."
+        )
+    exporter = _EXPORTERS.get(method)
+    if exporter is None:
+        raise QtkError(f"no INT8 exporter for method {method!r}; known: {', '.join(sorted(_EXPORTERS))}")
+    return exporter(model, example_inputs, path, opset, details)
+
+
+@register_exporter("static")
+def _export_qdq(
+    model: nn.Module, inputs: ExampleInput, path: Any, opset: int, details: dict
 ) -> dict[str, Any]:
-    """Export torch's converted INT8 model as a QDQ ONNX graph with INT8 weight initializers."""
-    return export_onnx(to_reference(int8_model), example_input, path, opset=opset)
+    """Static and QAT: torch's converted modules → QDQ reference → ORT-friendly QDQ graph."""
+    return export_onnx(to_reference(model), inputs, path, opset=opset)
 
 
-__all__ = ["DEFAULT_OPSET", "export_int8_onnx", "export_onnx", "onnx_op_counts", "to_reference"]
+@register_exporter("dynamic")
+def _export_dynamic(model: nn.Module, inputs: ExampleInput, path: Any, opset: int, details: dict) -> Any:
+    from qtoolkit.export.dynamic_onnx import export_dynamic_int8_onnx
+
+    return export_dynamic_int8_onnx(model, inputs, path, opset=opset, metadata=details or None)
+
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "export_int8_onnx",
+    "export_onnx",
+    "onnx_op_counts",
+    "quantization_method",
+    "register_exporter",
+    "to_reference",
+]

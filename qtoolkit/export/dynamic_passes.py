@@ -104,6 +104,8 @@ def quantize_linear_matmuls(model: ir.Model, table: dict[str, LinearQuant]) -> l
     graph = model.graph
     done: list[str] = []
     shared: dict[tuple[int, bool], tuple[ir.Value, ir.Value, ir.Value]] = {}
+    weights: dict[str, list[ir.Value]] = {}  # int8 initializers per float weight, made once
+    calls: dict[str, int] = {}
     for node in list(graph):
         if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
             continue
@@ -112,18 +114,28 @@ def quantize_linear_matmuls(model: ir.Model, table: dict[str, LinearQuant]) -> l
             continue
         spec = table[weight.name]
         x = node.inputs[0]
-        tag = weight.name.removesuffix(".weight_t")
+        module = weight.name.removesuffix(".weight_t")
+        calls[module] = calls.get(module, 0) + 1  # a module called twice: same weights, new node names
+        tag = module if calls[module] == 1 else f"{module}#{calls[module]}"
         new_nodes: list[ir.Node] = []
         key = (id(x), spec.reduce_range)
         if key not in shared:
             quant_nodes, shared[key] = _quantize_activation(graph, x, spec.reduce_range, tag)
             new_nodes += quant_nodes
         xq, sx, zx = shared[key]
-        wq = _const(graph, _unique(graph, f"{tag}.weight_quantized"), np.ascontiguousarray(spec.weight_q.T))
-        sw = _const(graph, _unique(graph, f"{tag}.weight_scale"), spec.scale.astype(np.float32))
-        inputs = [xq, wq, zx]
-        if np.any(spec.zero_point != 0):
-            inputs.append(_const(graph, _unique(graph, f"{tag}.weight_zero_point"), spec.zero_point))
+        if weight.name not in weights:
+            weights[weight.name] = [
+                _const(
+                    graph, _unique(graph, f"{module}.weight_quantized"), np.ascontiguousarray(spec.weight_q.T)
+                ),
+                _const(graph, _unique(graph, f"{module}.weight_scale"), spec.scale.astype(np.float32)),
+            ]
+            if np.any(spec.zero_point != 0):
+                weights[weight.name].append(
+                    _const(graph, _unique(graph, f"{module}.weight_zero_point"), spec.zero_point)
+                )
+        wq, sw, *zero_point = weights[weight.name]
+        inputs = [xq, wq, zx, *zero_point]
         mmi = ir.node("MatMulInteger", inputs, name=f"{tag}/MatMulInteger")
         cast = ir.node("Cast", [mmi.outputs[0]], {"to": ir.DataType.FLOAT}, name=f"{tag}/Cast")
         both = ir.node("Mul", [sx, sw], name=f"{tag}/ScaleProduct")
@@ -132,7 +144,8 @@ def quantize_linear_matmuls(model: ir.Model, table: dict[str, LinearQuant]) -> l
         graph.insert_before(node, new_nodes)
         _replace_output(graph, node, out.outputs[0])
         _drop_if_unused(graph, weight)
-        done.append(weight.name)
+        if weight.name not in done:
+            done.append(weight.name)
     return done
 
 

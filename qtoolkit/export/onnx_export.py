@@ -33,9 +33,62 @@ _AXIS_NAMES = ("batch", "seq")
 ExampleInput = torch.Tensor | Mapping[str, torch.Tensor]
 
 
-def _first_arg_name(module: nn.Module) -> str:
-    names = [name for name in inspect.signature(module.forward).parameters if name != "self"]
-    return names[0] if names else "x"
+def _grow(tensor: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
+    """Repeat size-1 ``axes`` to 2: torch.export specialises a size-1 axis (FX: view(x.size(0), -1))."""
+    for axis in axes:
+        if tensor.shape[axis] == 1:
+            tensor = torch.cat([tensor, tensor], dim=axis)
+    return tensor
+
+
+def _dynamic_axes(tensor: torch.Tensor, sequence: bool) -> list[int]:
+    """Axes exported as dynamic: the batch (0), and with ``sequence`` axis 1 of token ids/masks
+    (integer, rank ≥ 2) and of float sequences (rank ≥ 3); feature and channel axes stay fixed."""
+    if tensor.dim() == 0:
+        return []
+    if sequence and tensor.dim() >= 2 and (tensor.dim() >= 3 or not tensor.is_floating_point()):
+        return [0, 1]
+    return [0]
+
+
+def bind_inputs(
+    module: nn.Module, example_input: ExampleInput
+) -> tuple[tuple[Any, ...], dict[str, Any], list[str]]:
+    """(args, kwargs, parameter names) for ``module.forward`` from a tensor, a tuple or a dict.
+
+    Raises QtkError, naming the signature, when the inputs do not fit it.
+    """
+    args, kwargs = _split_inputs(example_input)
+    signature = inspect.signature(module.forward)
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as error:
+        raise QtkError(
+            f"example inputs do not match {type(module).__name__}.forward{signature}: {error}; "
+            "pass a tensor, a tuple in parameter order or a dict keyed by parameter name."
+        ) from None
+    positional = [
+        name
+        for name, parameter in signature.parameters.items()
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(positional) < len(args):  # forward(*args): no names to borrow
+        positional = [f"input_{i}" for i in range(len(args))]
+    del bound
+    return args, kwargs, positional[: len(args)] + list(kwargs)
+
+
+def _split_inputs(example_input: ExampleInput) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(example_input, torch.Tensor):
+        return (example_input,), {}
+    if isinstance(example_input, Mapping):
+        return (), dict(example_input)
+    if isinstance(example_input, tuple | list):
+        return tuple(example_input), {}
+    raise QtkError(
+        f"example input is a {type(example_input).__name__}; pass a tensor, a tuple of tensors or a dict of "
+        "named tensors."
+    )
 
 
 @contextlib.contextmanager
@@ -67,25 +120,32 @@ def trace_to_ir(
     opset: int = DEFAULT_OPSET,
     input_name: str = "input",
     output_names: Sequence[str] = ("logits",),
+    sequence: bool = False,
 ) -> ir.Model:
     """Export ``module`` on ``example_input`` with ``torch.onnx.export(dynamo=True)``; return the IR.
 
-    A tensor input becomes ONNX input ``input_name`` with a dynamic ``batch`` axis; keyword inputs keep
-    their names, with axes 0 and 1 dynamic (``batch``, ``seq``).
+    ``example_input`` is a tensor (ONNX input ``input_name``), a tuple (positional, named after the
+    forward parameters) or a dict (keyword inputs, names kept). Axis 0 is the dynamic ``batch``; a dict
+    input (or ``sequence=True``) also makes axis 1 of token ids and of 3-D float inputs dynamic
+    (``seq``). Axes the model fixes stay static.
     """
     module = module.eval()
-    if isinstance(example_input, Mapping):
-        args, kwargs = (), dict(example_input)
-        axes = {key: {i: _AXIS_NAMES[i] for i in range(min(v.dim(), 2))} for key, v in kwargs.items()}
-        shapes: Any = {key: {i: torch.export.Dim.DYNAMIC for i in axes[key]} for key in kwargs}
-        input_names = list(kwargs)
-    else:
-        # torch.export specialises a size-1 batch in some graphs (FX: view(x.size(0), -1)); trace with 2
-        batch = example_input if example_input.shape[0] > 1 else torch.cat([example_input] * 2)
-        args, kwargs = (batch,), {}
-        axes = {input_name: {0: "batch"}}
-        shapes = {_first_arg_name(module): {0: torch.export.Dim("batch", min=1, max=4096)}}
-        input_names = [input_name]
+    args, kwargs, names = bind_inputs(module, example_input)
+    sequence = sequence or isinstance(example_input, Mapping)
+    if isinstance(example_input, torch.Tensor):
+        names = [input_name]  # one tensor: the ONNX input is ``input_name``, whatever forward calls it
+    values = list(args) + list(kwargs.values())
+    tensor_axes = [_dynamic_axes(v, sequence) if isinstance(v, torch.Tensor) else [] for v in values]
+    values = [
+        _grow(v, a) if isinstance(v, torch.Tensor) else v for v, a in zip(values, tensor_axes, strict=True)
+    ]
+    args, kwargs = tuple(values[: len(args)]), dict(zip(kwargs, values[len(args) :], strict=True))
+    axes = {name: {i: _AXIS_NAMES[i] for i in a} for name, a in zip(names, tensor_axes, strict=True)}
+    dims = [{i: torch.export.Dim.AUTO for i in a} or None for a in tensor_axes]
+    shapes: Any = tuple(dims[: len(args)]) if not kwargs else dict(zip(names, dims, strict=True))
+    if isinstance(example_input, torch.Tensor) and not sequence:  # images: a declared batch axis
+        shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+    input_names = names
     try:
         with (
             torch.no_grad(),
@@ -111,10 +171,12 @@ def trace_to_ir(
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise QtkError(f"ONNX export of {type(module).__name__} failed: {first_line}") from error
     model: ir.Model = program.model
-    for value in model.graph.inputs:  # readable symbolic axes
+    for value in model.graph.inputs:  # readable names for the axes that stayed symbolic
         named = axes.get(value.name, {})
         if value.shape is not None and named:
-            value.shape = ir.Shape([named.get(i, dim) for i, dim in enumerate(value.shape)])
+            value.shape = ir.Shape(
+                [dim if isinstance(dim, int) else named.get(i, dim) for i, dim in enumerate(value.shape)]
+            )
     model.producer_name = "qtoolkit"
     return model
 

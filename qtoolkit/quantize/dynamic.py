@@ -14,6 +14,11 @@ with q_max = 127 when ``reduce_range`` (torch's default: 7-bit activations avoid
 saturation of AVX2 ``vpmaddubsw``) and 255 otherwise (what onnxruntime's ``DynamicQuantizeLinear``
 does; safe on CPUs with VNNI). Embeddings are weight-only: per-row uint8 with float scale and offset,
 dequantized after the lookup.
+
+LSTM and GRU (``torch.ao.nn.quantized.dynamic.LSTM``/``GRU``) hold each layer and direction's
+W_ih and W_hh as int8 like a Linear; on the CPU torch projects the whole input sequence at once,
+W_ih · x over all time steps as one quantized GEMM (one activation range for the sequence), then
+quantizes h_{t−1} at every step for W_hh · h. ``reduce_range`` applies to them too.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ __all__ = [
     "DynamicQuantConfig",
     "FullRangeDynamicLinear",
     "activation_reduce_range",
+    "cell_reduce_range",
     "quantize_dynamic",
     "quantized_modules",
 ]
@@ -45,14 +51,16 @@ class DynamicQuantConfig:
 
     include / exclude are fnmatch patterns on module names (``model.named_modules()``), e.g.
     ``exclude=("classifier",)`` keeps the classification head in float, ``("*embeddings*",)`` the
-    embeddings. A module is quantized when it is a Linear (or, with ``embeddings``, an Embedding),
-    matches some include pattern and no exclude pattern.
+    embeddings. A module is quantized when it is a Linear (with ``embeddings`` an Embedding, with
+    ``recurrent`` an LSTM or GRU), matches some include pattern and no exclude pattern. A selected
+    recurrent module torch cannot quantize (``nn.RNN``, an LSTM with ``proj_size``) is an error.
     """
 
     dtype: str = "qint8"  # weights; only qint8 is exportable to integer ONNX
     per_channel: bool = True  # one weight scale per output channel (fbgemm/x86 support it)
     reduce_range: bool = False  # 7-bit activations (torch's default) instead of 8-bit (ORT's)
     embeddings: bool = True  # also quantize nn.Embedding weight-only (uint8 per row)
+    recurrent: bool = True  # also quantize nn.LSTM / nn.GRU (int8 W_ih and W_hh)
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     engine: str = field(default="x86")  # torch.backends.quantized.engine used for the INT8 kernels
@@ -96,6 +104,44 @@ def _qconfigs(config: DynamicQuantConfig) -> tuple[Any, Any]:
     return linear, qc.float_qparams_weight_only_qconfig
 
 
+def _recurrent_spec(name: str, module: nn.Module, qconfig: Any) -> Any:
+    """The qconfig for a selected recurrent module, or a QtkError for one torch cannot quantize."""
+    if type(module) in (nn.LSTM, nn.GRU):
+        if getattr(module, "proj_size", 0):
+            raise QtkError(
+                f"module {name!r} is an LSTM with proj_size={module.proj_size}, which torch's dynamic "
+                f"quantization does not support; exclude it (exclude=({name!r},)) to keep it float."
+            )
+        if not module.bias:
+            raise QtkError(
+                f"module {name!r} is a {type(module).__name__} without bias, which torch's dynamic "
+                f"quantization does not support; exclude it (exclude=({name!r},)) to keep it float."
+            )
+        return qconfig
+    raise QtkError(
+        f"module {name!r} is {type(module).__name__}, a recurrent cell torch's dynamic quantization "
+        f"does not support (only LSTM and GRU); exclude it (exclude=({name!r},)) to keep it float."
+    )
+
+
+def _full_range_cells(module: nn.Module) -> None:
+    """Re-pack a quantized LSTM/GRU so that its activations use 8 bits (torch packs them with 7)."""
+    for packed in module._all_weight_values:
+        state = packed.param.__getstate__()[0]  # (kind, [bias_ih, bias_hh], [], [reduce_range], [packed])
+        bias_ih, bias_hh = state[1]
+        ih, hh = state[4]
+        packed.param = torch.ops.quantized.make_quantized_cell_params_dynamic(ih, hh, bias_ih, bias_hh, False)
+
+
+def cell_reduce_range(module: nn.Module) -> bool:
+    """Whether a quantized LSTM/GRU quantizes its activations to 7 bits (True) or 8 bits (False)."""
+    flags = {bool(p.param.__getstate__()[0][3][0]) for p in module._all_weight_values}
+    return flags != {False}
+
+
+_RECURRENT = (nn.LSTM, nn.GRU, nn.RNN, nn.RNNBase)
+
+
 def quantize_dynamic(model: nn.Module, config: DynamicQuantConfig | None = None) -> nn.Module:
     """Return a dynamically quantized copy of ``model`` (eval mode); ``model`` is left unchanged.
 
@@ -117,9 +163,11 @@ def quantize_dynamic(model: nn.Module, config: DynamicQuantConfig | None = None)
             spec[name] = linear_qconfig
         elif config.embeddings and type(module) is nn.Embedding:
             spec[name] = embedding_qconfig
+        elif config.recurrent and isinstance(module, _RECURRENT):
+            spec[name] = _recurrent_spec(name, module, linear_qconfig)
     if not spec:
         raise QtkError(
-            f"dynamic quantization selected no Linear/Embedding module with include={config.include} "
+            f"dynamic quantization selected no Linear/Embedding/LSTM/GRU module with include={config.include} "
             f"exclude={config.exclude}; check the name patterns against model.named_modules()."
         )
     with warnings.catch_warnings():
@@ -129,14 +177,18 @@ def quantize_dynamic(model: nn.Module, config: DynamicQuantConfig | None = None)
         for module in qmodel.modules():
             if type(module) is torch.ao.nn.quantized.dynamic.Linear:
                 module.__class__ = FullRangeDynamicLinear
+            elif isinstance(module, torch.ao.nn.quantized.dynamic.modules.rnn.RNNBase):
+                _full_range_cells(module)
     return qmodel
 
 
 def quantized_modules(qmodel: nn.Module) -> dict[str, str]:
-    """Name → kind ('linear' / 'embedding') of every dynamically quantized module in ``qmodel``."""
+    """Name → kind ('linear' / 'embedding' / 'lstm' / 'gru') of every dynamically quantized module."""
     found: dict[str, str] = {}
     for name, module in qmodel.named_modules():
-        if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
+        if isinstance(module, torch.ao.nn.quantized.dynamic.modules.rnn.RNNBase):
+            found[name] = module.mode.lower()
+        elif isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
             found[name] = "linear"
         elif isinstance(module, torch.ao.nn.quantized.Embedding):
             found[name] = "embedding"

@@ -1,0 +1,5 @@
+import sys
+
+from qtoolkit.cli import main
+
+sys.exit(main())

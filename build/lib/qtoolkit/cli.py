@@ -1,0 +1,175 @@
+"""``qtk``: a thin command line over the Python API. ``python -m qtoolkit`` is the same program."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from qtoolkit.errors import QtkError
+
+EXIT_CHECKS_FAILED, EXIT_USAGE = 1, 2
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from qtoolkit.pipeline import run_recipe
+    from qtoolkit.recipe import load_recipe
+    from qtoolkit.report.writer import markdown_table
+
+    recipe = load_recipe(args.recipe, args.set or [])
+    report = run_recipe(recipe, args.out, cache_dir=args.cache)
+    print(markdown_table(report))
+    print(f"artifacts and report.json in {args.out}")
+    return 0 if report["passed"] else EXIT_CHECKS_FAILED
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from qtoolkit.recipe import load_recipe
+
+    for path in sorted(Path(args.dir).glob("*.yaml")):
+        recipe = load_recipe(path)
+        print(f"{path}: {recipe.description or recipe.name}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from qtoolkit.atomic import write_text_atomic
+    from qtoolkit.peers.image_bench import bench_image_model, format_bench
+
+    results = bench_image_model(
+        args.model, args.image_size, args.batch_sizes, args.threads, args.repeats, args.rounds
+    )
+    print(format_bench(results))
+    if args.json:
+        write_text_atomic(args.json, json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from qtoolkit.analyze.run import analyze_recipe
+    from qtoolkit.recipe import load_recipe
+
+    result = analyze_recipe(load_recipe(args.recipe, args.set or []), args.out, args.batches, args.cache)
+    print(result["table"] if args.all else "\n".join(result["table"].splitlines()[: 2 + args.top]))
+    print(f"layerwise.md, layerwise.json, layerwise.png in {args.out}")
+    return 0
+
+
+def _cmd_compare_ort(args: argparse.Namespace) -> int:
+    import json
+
+    from qtoolkit.analyze.run import compare_ort_recipe
+    from qtoolkit.atomic import write_text_atomic
+    from qtoolkit.peers.ort_compare import format_comparison
+    from qtoolkit.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set or [])
+    results = compare_ort_recipe(recipe, tuple(args.ort_methods), args.work_dir, args.cache, args.rounds)
+    print(format_comparison(results, recipe.name))
+    if args.json:
+        write_text_atomic(args.json, json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from qtoolkit.deploy.predict import predict
+
+    for text, result in zip(args.texts, predict(args.dir, args.texts, threads=args.threads), strict=True):
+        print(f"{result.label}\t{result.score:.3f}\t{text}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qtk", description="Quantize PyTorch models to INT8 ONNX and verify them."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details and warnings")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a recipe end to end and write report.json/report.md")
+    run.add_argument("recipe", help="recipe file (YAML), e.g. recipes/resnet18_fmnist_static.yaml")
+    run.add_argument("--out", required=True, help="output directory for ONNX models and reports")
+    run.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a recipe key, e.g. train.epochs=1"
+    )
+    run.add_argument(
+        "--cache",
+        default=None,
+        help="cache directory for FP32 baselines (default $QTK_CACHE or ~/.cache/qtoolkit)",
+    )
+    run.set_defaults(func=_cmd_run)
+
+    predict = commands.add_parser(
+        "predict", help="classify texts with a deploy directory (onnxruntime + tokenizers only)"
+    )
+    predict.add_argument("dir", help="deploy directory written by a text recipe (OUT/deploy)")
+    predict.add_argument("texts", nargs="+", help="texts to classify")
+    predict.add_argument("--threads", type=int, default=2)
+    predict.set_defaults(func=_cmd_predict)
+
+    recipes = commands.add_parser("recipes", help="list the recipes in a directory")
+    recipes.add_argument("dir", nargs="?", default="recipes")
+    recipes.set_defaults(func=_cmd_recipes)
+
+    bench = commands.add_parser(
+        "bench", help="latency of FP32/INT8 ONNX (qtoolkit and onnxruntime's quantizer) and torch"
+    )
+    bench.add_argument("--model", default="resnet18", help="registered image model (random weights)")
+    bench.add_argument("--image-size", type=int, default=224)
+    bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    bench.add_argument("--threads", type=int, default=2)
+    bench.add_argument("--repeats", type=int, default=50, help="timed runs per measurement")
+    bench.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best median is kept")
+    bench.add_argument("--json", default=None, help="also write the results as JSON to this file")
+    bench.set_defaults(func=_cmd_bench)
+
+    analyze = commands.add_parser("analyze", help="per-layer SQNR of a static recipe's INT8 model vs FP32")
+    analyze.add_argument("recipe", help="recipe file (YAML) with quantize.method: static")
+    analyze.add_argument("--out", required=True, help="directory for layerwise.md/.json/.png")
+    analyze.add_argument("--batches", type=int, default=2, help="calibration batches to measure on")
+    analyze.add_argument("--top", type=int, default=15, help="rows to print (worst first)")
+    analyze.add_argument("--all", action="store_true", help="print every layer")
+    analyze.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key")
+    analyze.add_argument("--cache", default=None, help="cache directory (default $QTK_CACHE)")
+    analyze.set_defaults(func=_cmd_analyze)
+
+    compare = commands.add_parser(
+        "compare-ort", help="qtoolkit INT8 ONNX vs onnxruntime quantize_static: agreement, latency, size"
+    )
+    compare.add_argument("recipe", help="recipe file (YAML) with quantize.method: static")
+    compare.add_argument(
+        "--ort-methods", nargs="+", default=["minmax", "entropy", "percentile"],
+        choices=["minmax", "entropy", "percentile"], help="onnxruntime calibration methods",
+    )  # fmt: skip
+    compare.add_argument("--rounds", type=int, default=3, help="alternating latency rounds")
+    compare.add_argument("--work-dir", default=None, help="keep the ONNX models here")
+    compare.add_argument("--json", default=None, help="also write the results as JSON to this file")
+    compare.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key")
+    compare.add_argument("--cache", default=None, help="cache directory (default $QTK_CACHE)")
+    compare.set_defaults(func=_cmd_compare_ort)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="qtk: %(message)s")
+    if not args.verbose:
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        return args.func(args)
+    except QtkError as error:
+        print(f"qtk: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("qtk: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Graph passes that make an exported QDQ graph one that onnxruntime fuses into integer kernels.
+
+ORT's QDQ transformers turn ``DQ -> op -> Q`` groups into QLinearConv, QGemm, QLinearAdd, ... only
+when *every* input of the op comes from a DequantizeLinear (bias included, as int32) and the
+output goes to a QuantizeLinear. torch's INT8 model satisfies this implicitly; the float
+reference does not, so:
+
+* ``quantize_bias``: a float bias of Conv/Gemm becomes an int32 initializer with
+  scale = s_input * s_weight (per output channel), zero point 0, read through DequantizeLinear.
+  (torch's fbgemm adds the float bias after requantizing; rounding it to s_input * s_weight
+  moves the output by far less than one output LSB.)
+* ``drop_redundant_clips``: a Clip/Relu reading a DequantizeLinear whose whole representable range
+  [(qmin − zp)·s, (qmax − zp)·s] already lies inside the clip bounds is the identity (torch's INT8
+  ReLU6 after a conv whose output qparams were clamp-aware is exactly this); removing it lets
+  the next op read the DequantizeLinear directly.
+* ``requantize_passthrough``: ops that keep the integer grid of their input (MaxPool, reshapes,
+  average pools, whose torch INT8 kernels round back onto the input's grid) get a Q/DQ pair with
+  the input's qparams on their output, so the next op again sees a DequantizeLinear.
+
+Both passes use onnx_ir and change only the graph given to them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
+
+# Ops whose INT8 version keeps the input's (scale, zero point); see module docstring.
+PASSTHROUGH_OPS = frozenset(
+    {"MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Reshape", "Flatten", "Squeeze",
+     "Unsqueeze", "Transpose"}
+)  # fmt: skip
+_WEIGHTED_OPS = {"Conv": 2, "Gemm": 2}  # op -> index of the bias input
+
+
+def _const(value: ir.Value | None) -> np.ndarray | None:
+    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+    return None if tensor is None else tensor.numpy()
+
+
+def _dequantize_params(value: ir.Value | None) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """(scale, zero_point, axis) when ``value`` is produced by a DequantizeLinear with constant params."""
+    node = value.producer() if value is not None else None
+    if node is None or node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
+        return None
+    scale, zero_point = _const(node.inputs[1]), _const(node.inputs[2] if len(node.inputs) > 2 else None)
+    if scale is None:
+        return None
+    if zero_point is None:
+        zero_point = np.zeros_like(scale, dtype=np.uint8)
+    axis_attr = node.attributes.get("axis")
+    return scale, zero_point, axis_attr.as_int() if axis_attr is not None else 1
+
+
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    graph.register_initializer(value)
+    return value
+
+
+def _unique(graph: ir.Graph, base: str) -> str:
+    names = set(graph.initializers) | {v.name for n in graph for v in n.outputs}
+    name, index = base, 0
+    while name in names:
+        index += 1
+        name = f"{base}_{index}"
+    return name
+
+
+def quantize_bias(model: ir.Model) -> int:
+    """Replace float biases of Conv/Gemm fed by DQ input and DQ weight with int32 DQ biases."""
+    graph, count = model.graph, 0
+    for node in list(graph):
+        bias_index = _WEIGHTED_OPS.get(node.op_type)
+        if bias_index is None or len(node.inputs) <= bias_index or node.inputs[bias_index] is None:
+            continue
+        bias_value = node.inputs[bias_index]
+        bias = _const(bias_value)
+        x_params, w_params = _dequantize_params(node.inputs[0]), _dequantize_params(node.inputs[1])
+        if bias is None or bias_value.producer() is not None or x_params is None or w_params is None:
+            continue
+        if node.op_type == "Gemm" and node.attributes.get("transB", ir.AttrInt64("transB", 0)).as_int() != 1:
+            continue  # weight layout unknown: per-channel scales would not line up with the bias
+        if x_params[0].size != 1:
+            continue
+        scale = (x_params[0].reshape(()) * w_params[0]).astype(np.float32).reshape(-1)
+        if scale.size not in (1, bias.size):
+            continue
+        int_bias = np.clip(np.rint(bias / scale), -(2**31), 2**31 - 1).astype(np.int32)
+        name = _unique(graph, f"{bias_value.name}_int32")
+        q_bias = _initializer(graph, name, int_bias)
+        q_scale = _initializer(graph, f"{name}_scale", scale if scale.size > 1 else scale.reshape(()))
+        zero = np.zeros(scale.shape if scale.size > 1 else (), dtype=np.int32)
+        q_zero = _initializer(graph, f"{name}_zero_point", zero)
+        dq = ir.node("DequantizeLinear", [q_bias, q_scale, q_zero], {"axis": 0}, name=f"{name}_dq")
+        graph.insert_before(node, dq)
+        node.replace_input_with(bias_index, dq.outputs[0])
+        count += 1
+    return count
+
+
+_CLIP_OPS = {"Clip": None, "Relu": (0.0, np.inf)}  # op -> fixed bounds (None: read min/max inputs)
+_INT_RANGES = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
+
+
+def _clip_bounds(node: ir.Node) -> tuple[float, float] | None:
+    fixed = _CLIP_OPS[node.op_type]
+    if fixed is not None:
+        return fixed
+    bounds = []
+    for index, default in ((1, -np.inf), (2, np.inf)):
+        value = node.inputs[index] if len(node.inputs) > index else None
+        const = _const(value) if value is not None else None
+        if value is not None and const is None:
+            return None
+        bounds.append(default if const is None else float(const.reshape(())))
+    return bounds[0], bounds[1]
+
+
+def drop_redundant_clips(model: ir.Model) -> int:
+    """Remove Clip/Relu that cannot change a dequantized input (see module docstring)."""
+    graph, count = model.graph, 0
+    for node in list(graph):
+        if node.op_type not in _CLIP_OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        params, bounds = _dequantize_params(node.inputs[0]), _clip_bounds(node)
+        if params is None or bounds is None or params[0].size != 1 or node.outputs[0].is_graph_output():
+            continue
+        scale, zero_point = float(params[0].reshape(())), params[1]
+        qmin, qmax = _INT_RANGES.get(zero_point.dtype, (None, None))
+        if qmin is None:
+            continue
+        zp, eps = int(zero_point.reshape(())), 0.5 * scale
+        if (qmin - zp) * scale < bounds[0] - eps or (qmax - zp) * scale > bounds[1] + eps:
+            continue
+        node.outputs[0].replace_all_uses_with(node.inputs[0])
+        graph.remove(node, safe=True)
+        count += 1
+    return count
+
+
+def requantize_passthrough(model: ir.Model) -> int:
+    """Give grid-preserving ops a Q/DQ (input qparams) on their output when nothing quantizes it."""
+    graph, count = model.graph, 0
+    for node in list(graph):
+        if node.op_type not in PASSTHROUGH_OPS or not node.outputs:
+            continue
+        params = _dequantize_params(node.inputs[0])
+        if params is None or params[0].size != 1:
+            continue
+        output = node.outputs[0]
+        consumers = list(output.consumers())
+        if not consumers or all(c.op_type == "QuantizeLinear" for c in consumers) or output.is_graph_output():
+            continue
+        dq_node = node.inputs[0].producer()
+        scale_value, zero_value = dq_node.inputs[1], dq_node.inputs[2]
+        q = ir.node(
+            "QuantizeLinear", [output, scale_value, zero_value], name=_unique(graph, f"{node.name}_q")
+        )
+        dq = ir.node("DequantizeLinear", [q.outputs[0], scale_value, zero_value], name=f"{q.name}_dq")
+        graph.insert_after(node, [q, dq])
+        for consumer in consumers:
+            for index, value in enumerate(consumer.inputs):
+                if value is output:
+                    consumer.replace_input_with(index, dq.outputs[0])
+        count += 1
+    return count
+
+
+def make_ort_friendly(model: ir.Model) -> dict[str, int]:
+    """Run every pass; return how many places each one changed (recorded in the export log)."""
+    changes = {
+        "dropped_clips": drop_redundant_clips(model),
+        "requantized_passthrough": requantize_passthrough(model),
+        "quantized_bias": quantize_bias(model),
+    }
+    RemoveUnusedNodesPass()(model)  # drops the float biases that were replaced (and their initializers)
+    TopologicalSortPass()(model)
+    return changes

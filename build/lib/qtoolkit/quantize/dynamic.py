@@ -1,0 +1,157 @@
+"""Dynamic post-training quantization with ``torch.ao.quantization.quantize_dynamic``.
+
+Math. A dynamically quantized Linear stores its weight as int8 once, offline:
+
+    W ≈ s_w · (W_q − z_w),   W_q ∈ [−128, 127]      (per tensor, or per output channel with s_w[n])
+
+(torch's observers are symmetric, so z_w = 0). At run time each call measures the range of its
+input over the *whole* tensor, lo = min(min x, 0), hi = max(max x, 0), and quantizes it to uint8:
+
+    s_x = (hi − lo) / q_max,   z_x = round(−lo / s_x),   x_q = clamp(round(x / s_x) + z_x, 0, q_max)
+    y   = s_x · s_w · Σ_k (x_q − z_x)(W_q − z_w) + b            (int32 accumulation, float bias)
+
+with q_max = 127 when ``reduce_range`` (torch's default: 7-bit activations avoid the u8·s8 pair-sum
+saturation of AVX2 ``vpmaddubsw``) and 255 otherwise (what onnxruntime's ``DynamicQuantizeLinear``
+does; safe on CPUs with VNNI). Embeddings are weight-only: per-row uint8 with float scale and offset,
+dequantized after the lookup.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from qtoolkit.errors import QtkError
+from qtoolkit.quantize.api import QuantizedModel, register_quantizer
+
+__all__ = [
+    "DynamicQuantConfig",
+    "FullRangeDynamicLinear",
+    "activation_reduce_range",
+    "quantize_dynamic",
+    "quantized_modules",
+]
+
+
+@dataclass
+class DynamicQuantConfig:
+    """What ``quantize_dynamic`` quantizes and how.
+
+    include / exclude are fnmatch patterns on module names (``model.named_modules()``), e.g.
+    ``exclude=("classifier",)`` keeps the classification head in float, ``("*embeddings*",)`` the
+    embeddings. A module is quantized when it is a Linear (or, with ``embeddings``, an Embedding),
+    matches some include pattern and no exclude pattern.
+    """
+
+    dtype: str = "qint8"  # weights; only qint8 is exportable to integer ONNX
+    per_channel: bool = True  # one weight scale per output channel (fbgemm/x86 support it)
+    reduce_range: bool = False  # 7-bit activations (torch's default) instead of 8-bit (ORT's)
+    embeddings: bool = True  # also quantize nn.Embedding weight-only (uint8 per row)
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    engine: str = field(default="x86")  # torch.backends.quantized.engine used for the INT8 kernels
+
+    def __post_init__(self) -> None:
+        if self.dtype != "qint8":
+            raise QtkError(f"dynamic quantization dtype {self.dtype!r} is not supported; use 'qint8'.")
+        self.include = tuple(self.include)
+        self.exclude = tuple(self.exclude)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def selects(self, name: str) -> bool:
+        """True when module ``name`` is matched by include and not by exclude."""
+        included = any(fnmatch.fnmatchcase(name, pattern) for pattern in self.include)
+        return included and not any(fnmatch.fnmatchcase(name, pattern) for pattern in self.exclude)
+
+
+class FullRangeDynamicLinear(torch.ao.nn.quantized.dynamic.Linear):
+    """torch's dynamic Linear with 8-bit (0..255) instead of 7-bit activation quantization.
+
+    torch hard-codes ``reduce_range=True`` in ``DynamicQuantizedLinear.forward``; the kernel itself
+    takes the flag, so this subclass only changes that argument.
+    """
+
+    reduce_range = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False)
+        return y.to(x.dtype)
+
+    def _get_name(self) -> str:
+        return "DynamicQuantizedLinear(full_range)"
+
+
+def _qconfigs(config: DynamicQuantConfig) -> tuple[Any, Any]:
+    from torch.ao.quantization import qconfig as qc
+
+    linear = qc.per_channel_dynamic_qconfig if config.per_channel else qc.default_dynamic_qconfig
+    return linear, qc.float_qparams_weight_only_qconfig
+
+
+def quantize_dynamic(model: nn.Module, config: DynamicQuantConfig | None = None) -> nn.Module:
+    """Return a dynamically quantized copy of ``model`` (eval mode); ``model`` is left unchanged.
+
+    Raises QtkError when the patterns select no module at all (a typo in include/exclude).
+    """
+    config = config or DynamicQuantConfig()
+    if config.engine not in torch.backends.quantized.supported_engines:
+        raise QtkError(
+            f"quantized engine {config.engine!r} is not available; "
+            f"choose one of {torch.backends.quantized.supported_engines}."
+        )
+    torch.backends.quantized.engine = config.engine
+    linear_qconfig, embedding_qconfig = _qconfigs(config)
+    spec: dict[str, Any] = {}
+    for name, module in model.named_modules():
+        if not name or not config.selects(name):
+            continue
+        if type(module) in (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear):
+            spec[name] = linear_qconfig
+        elif config.embeddings and type(module) is nn.Embedding:
+            spec[name] = embedding_qconfig
+    if not spec:
+        raise QtkError(
+            f"dynamic quantization selected no Linear/Embedding module with include={config.include} "
+            f"exclude={config.exclude}; check the name patterns against model.named_modules()."
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao deprecation notices, once per call
+        qmodel = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), spec, inplace=True)
+    if not config.reduce_range:
+        for module in qmodel.modules():
+            if type(module) is torch.ao.nn.quantized.dynamic.Linear:
+                module.__class__ = FullRangeDynamicLinear
+    return qmodel
+
+
+def quantized_modules(qmodel: nn.Module) -> dict[str, str]:
+    """Name → kind ('linear' / 'embedding') of every dynamically quantized module in ``qmodel``."""
+    found: dict[str, str] = {}
+    for name, module in qmodel.named_modules():
+        if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
+            found[name] = "linear"
+        elif isinstance(module, torch.ao.nn.quantized.Embedding):
+            found[name] = "embedding"
+    return found
+
+
+def activation_reduce_range(module: nn.Module) -> bool:
+    """Whether a quantized Linear quantizes its input to 7 bits (True) or 8 bits (False)."""
+    return not isinstance(module, FullRangeDynamicLinear)
+
+
+@register_quantizer(DynamicQuantConfig)
+def _dynamic_handler(model: nn.Module, config: DynamicQuantConfig) -> QuantizedModel:
+    """``quantize(model, DynamicQuantConfig(...))``: no calibration, activations quantized at run time."""
+    qmodel = quantize_dynamic(model, config)
+    return QuantizedModel(
+        qmodel, "dynamic", {"config": config.to_dict(), "modules": quantized_modules(qmodel)}
+    )

@@ -1,0 +1,223 @@
+"""Calibrated static post-training quantization with torch.ao observers.
+
+Two front ends reach the same converted INT8 model (and so the same ONNX export):
+* eager mode for models that already carry QuantStub/DeQuantStub (torchvision's quantizable zoo):
+  ``fuse_model()`` folds Conv-BN(-ReLU), ``prepare`` inserts observers, ``convert`` swaps modules;
+* FX graph mode (``prepare_fx``/``convert_fx``) for users' unmodified, traceable models: fusion and
+  observer placement come from the backend config.
+Ops torch cannot quantize stay in float between a dequantize and a quantize; they are named in a
+warning rather than crashing.
+
+In FX mode two general rules (``qtoolkit.quantize.canonical``) run by default: functional
+conv/linear calls on a module's own parameters become leaf modules (so BN folds and ReLU fuses),
+and observers feeding a clamp (ReLU6, Hardtanh, ReLU) observe the clamped value. Zero padding
+shares its input's qparams (padding with the zero point is exact), like max-pooling.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.ao import quantization as tq
+from tqdm.auto import tqdm
+
+from qtoolkit.data.calibration import CalibrationReader, checked_batches
+from qtoolkit.errors import QtkError
+from qtoolkit.quantize.canonical import (
+    canonicalize_for_fx,
+    clamp_aware_observers,
+    requantize_pools,
+    run_grid_ops_on_int8,
+    unshare_pool_observers,
+)
+from qtoolkit.quantize.kernel_check import verify_int8_kernels
+from qtoolkit.quantize.qconfig import ObserverSpec, build_qconfig, set_backend
+
+# Float modules that FX/eager leave unquantized for a reason other than "unsupported": they either
+# carry no arithmetic or run fine on the integer grid of their input.
+_NEUTRAL_FLOAT_MODULES = (
+    nn.Identity, nn.Dropout, nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten,
+    nn.ReLU, nn.ReLU6, tq.DeQuantStub, nn.Sequential, nn.ModuleList, nn.ModuleDict,
+)  # fmt: skip
+# Leaf modules with arithmetic that we expect to see quantized when they are under a qconfig.
+_COMPUTE_MODULES = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.GELU,
+    nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softmax, nn.LSTM, nn.Embedding,
+)  # fmt: skip
+# Quantized modules our ONNX reference cannot rebuild yet: keep their float originals.
+_NOT_EXPORTABLE = (
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.Embedding,
+    nn.EmbeddingBag,
+)
+
+
+@dataclass(frozen=True)
+class StaticQuantConfig:
+    """Static PTQ settings: torch engine, observers, front end and modules kept in float."""
+
+    backend: str = "x86"
+    observers: ObserverSpec = field(default_factory=ObserverSpec)
+    mode: str = "auto"  # auto (eager when the model has QuantStubs) | eager | fx
+    skip_modules: tuple[str, ...] = ()  # module names (prefixes) left in float
+    canonicalize: bool = True  # FX: functional conv/linear on own parameters -> leaf modules
+    clamp_aware: bool = True  # FX: observers feeding ReLU6/Hardtanh/ReLU observe the clamped value
+    pool_own_qparams: bool = True  # FX: global average pools run in float; their output gets own qparams
+
+
+@dataclass
+class StaticQuantResult:
+    int8_model: nn.Module
+    mode: str
+    calibration_batches: int
+    float_modules: list[str]
+    observed_model: nn.Module | None = None  # calibrated float model before convert (keep_observed)
+    rules: dict[str, list[str]] = field(default_factory=dict)  # what the FX rules changed
+
+
+def has_quant_stubs(model: nn.Module) -> bool:
+    return any(isinstance(m, tq.QuantStub) for m in model.modules())
+
+
+def _calibrate(prepared: nn.Module, calibration: CalibrationReader | Iterable[object]) -> int:
+    count = 0
+    with torch.no_grad():
+        for batch in tqdm(checked_batches(calibration), desc="calibrate", unit="batch", leave=False):
+            prepared(batch)
+            count += 1
+    return count
+
+
+def _prepare_eager(model: nn.Module, qconfig: tq.QConfig, skip: tuple[str, ...]) -> nn.Module:
+    if not hasattr(model, "fuse_model"):
+        raise QtkError(
+            f"{type(model).__name__} has QuantStubs but no fuse_model(); use mode: fx for unmodified models"
+        )
+    model.fuse_model(is_qat=False)
+    model.qconfig = qconfig
+    for name, module in model.named_modules():
+        if any(name == s or name.startswith(f"{s}.") for s in skip):
+            module.qconfig = None
+    return tq.prepare(model, inplace=True)
+
+
+def backend_config() -> object:
+    """torch's native backend config plus zero padding as an op sharing its input's qparams."""
+    import torch.ao.quantization.quantize_fx  # noqa: F401  (initialises backend_config.utils)
+    from torch.ao.quantization.backend_config import (
+        BackendPatternConfig,
+        ObservationType,
+        get_native_backend_config,
+    )
+
+    config = get_native_backend_config()
+    shared = next(c for c in config.configs if c.pattern is nn.MaxPool2d).dtype_configs
+    for pad in (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d):
+        pattern = BackendPatternConfig(pad).set_observation_type(
+            ObservationType.OUTPUT_SHARE_OBSERVER_WITH_INPUT
+        )
+        config.set_backend_pattern_config(pattern.set_dtype_configs(shared))
+    return config
+
+
+def _prepare_fx(
+    model: nn.Module,
+    qconfig: tq.QConfig,
+    config: StaticQuantConfig,
+    example: torch.Tensor,
+    rules: dict[str, list[str]],
+    pool_observers: dict[str, nn.Module],
+) -> tuple[nn.Module, list[str]]:
+    from torch.ao.quantization.quantize_fx import prepare_fx
+
+    skip = config.skip_modules
+
+    mapping = tq.QConfigMapping().set_global(qconfig)
+    kept = []
+    for name, module in model.named_modules():
+        if name and (name in skip or isinstance(module, _NOT_EXPORTABLE)):
+            mapping.set_module_name(name, None)
+            if not name.startswith(tuple(f"{s}." for s in skip)) and name not in skip:
+                kept.append(f"{name} ({type(module).__name__}: no INT8 ONNX export yet)")
+    try:
+        if config.canonicalize:
+            model, rules["canonicalized"] = canonicalize_for_fx(model)
+        prepared = prepare_fx(model, mapping, example_inputs=(example,), backend_config=backend_config())
+        if config.clamp_aware:
+            rules["clamp_aware_observers"] = clamp_aware_observers(prepared)
+        if config.pool_own_qparams:
+            pool_observers.update(unshare_pool_observers(prepared, qconfig.activation))
+        return prepared, kept
+    except Exception as error:  # symbolic tracing raises many types
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise QtkError(
+            f"FX cannot trace {type(model).__name__} ({first[:160]}); make forward traceable, "
+            "or add QuantStub/DeQuantStub and a fuse_model() and use mode: eager"
+        ) from error
+
+
+def _float_leftovers(int8_model: nn.Module) -> list[str]:
+    """Compute modules that stayed in float after convert (named in a warning)."""
+    left = []
+    for name, module in int8_model.named_modules():
+        is_leaf = not any(True for _ in module.children())
+        if not name or not is_leaf or isinstance(module, _NEUTRAL_FLOAT_MODULES):
+            continue
+        if type(module) in _COMPUTE_MODULES or isinstance(module, _COMPUTE_MODULES):
+            left.append(f"{name} ({type(module).__name__})")
+    return left
+
+
+def quantize_static(
+    model: nn.Module,
+    config: StaticQuantConfig,
+    calibration: CalibrationReader | Iterable[object],
+    example_input: torch.Tensor,
+    keep_observed: bool = False,
+) -> StaticQuantResult:
+    """Fuse, observe ``calibration`` batches, convert. ``model`` itself is not modified.
+
+    ``keep_observed`` also returns the calibrated float model (observers in place) for diagnostics.
+    """
+    set_backend(config.backend)
+    qconfig = build_qconfig(config.observers)
+    mode = config.mode
+    if mode == "auto":
+        mode = "eager" if has_quant_stubs(model) else "fx"
+    if mode not in ("eager", "fx"):
+        raise QtkError(f"quantize.mode must be auto, eager or fx, not {config.mode!r}")
+    model = copy.deepcopy(model).eval()
+    rules: dict[str, list[str]] = {}
+    pool_observers: dict[str, nn.Module] = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*(reduce_range|quant_min|TypedStorage).*")
+        if mode == "eager":
+            prepared, kept = _prepare_eager(model, qconfig, config.skip_modules), []
+        else:
+            prepared, kept = _prepare_fx(model, qconfig, config, example_input, rules, pool_observers)
+        batches = _calibrate(prepared, calibration)
+        observed = copy.deepcopy(prepared) if keep_observed else None
+        if mode == "eager":
+            int8_model = tq.convert(prepared, inplace=True)
+        else:
+            from torch.ao.quantization.quantize_fx import convert_fx
+
+            int8_model = convert_fx(prepared, backend_config=backend_config())
+            if config.canonicalize:
+                rules["int8_padding"] = run_grid_ops_on_int8(int8_model)
+            rules["pool_own_qparams"] = requantize_pools(int8_model, pool_observers)
+    first = next(iter(checked_batches(calibration)))
+    verify_int8_kernels(int8_model.eval(), first[:4], config.backend)  # refuses broken engines
+    leftovers = sorted(set(kept) | set(_float_leftovers(int8_model)))
+    if leftovers:
+        warnings.warn(f"kept in float (not quantized): {', '.join(leftovers)}", stacklevel=2)
+    return StaticQuantResult(int8_model.eval(), mode, batches, leftovers, observed, rules)

@@ -1,0 +1,144 @@
+"""Image classification: data, calibration subset and FP32 baseline for a recipe.
+
+The baseline is a user checkpoint, local torchvision weights, or the recipe's own SGD training,
+cached under ``$QTK_CACHE/baselines`` keyed by everything that determines it (model, data files,
+training settings, torch version) so that a second run loads instead of retraining.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from qtoolkit.atomic import atomic_path, write_text_atomic
+from qtoolkit.data import fashion_mnist
+from qtoolkit.data.calibration import calibration_set, fingerprint
+from qtoolkit.data.image_folder import image_folder
+from qtoolkit.errors import QtkError
+from qtoolkit.models import create_model
+from qtoolkit.models.weights import load_weights, torchvision_weights_path
+from qtoolkit.recipe import Recipe
+from qtoolkit.tasks.base import PreparedTask, register_task
+from qtoolkit.train import TrainConfig, fit
+
+log = logging.getLogger("qtoolkit")
+
+
+def _limit(dataset: Dataset, limit: int | None) -> Dataset:
+    return dataset if limit is None or limit >= len(dataset) else Subset(dataset, range(limit))
+
+
+def _load_datasets(recipe: Recipe) -> tuple[Dataset, Dataset, dict[str, object], np.ndarray, np.ndarray]:
+    """(train, test, description, calibration images, calibration labels) of the recipe's data."""
+    data = recipe.data
+    if data.name == "fashion-mnist":
+        train_images, train_labels = fashion_mnist.load_arrays(data.root, "train")
+        test_images, test_labels = fashion_mnist.load_arrays(data.root, "test")
+        train = fashion_mnist.ImageArrayDataset(train_images, train_labels)
+        test = fashion_mnist.ImageArrayDataset(test_images, test_labels)
+        info = {
+            "name": "fashion-mnist",
+            "root": str(data.root or fashion_mnist.DEFAULT_ROOT),
+            "test_sha256": fingerprint(np.arange(len(test_labels)), test_images, test_labels),
+        }
+        return train, test, info, train_images, train_labels
+    if data.name == "image-folder":
+        if not data.root:
+            raise QtkError(f"{recipe.source}: data.root is required for image-folder (ROOT/train, ROOT/val)")
+        root = Path(data.root)
+        train = image_folder(root / "train", data.image_size)
+        test = image_folder(root / "val", data.image_size)
+        labels = np.asarray(train.targets)
+        # Images are decoded lazily: the calibration fingerprint covers each file's sha256 instead.
+        digests = np.stack(
+            [np.frombuffer(hashlib.sha256(Path(p).read_bytes()).digest(), np.uint8) for p, _ in train.samples]
+        )
+        return train, test, {"name": "image-folder", "root": str(root)}, digests, labels
+    raise QtkError(f"{recipe.source}: unknown image dataset {data.name!r}; use fashion-mnist or image-folder")
+
+
+def _baseline_key(recipe: Recipe, data_info: dict[str, object]) -> str:
+    determining = {
+        "model": asdict(recipe.model),
+        "data": {
+            "name": recipe.data.name,
+            "test": data_info.get("test_sha256"),
+            "train_limit": recipe.data.train_limit,
+        },
+        "train": asdict(recipe.train),
+        "torch": torch.__version__.split("+")[0],
+    }
+    return hashlib.sha256(json.dumps(determining, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _train_config(recipe: Recipe) -> TrainConfig:
+    section = asdict(recipe.train)
+    return TrainConfig(**section)
+
+
+def _baseline(
+    recipe: Recipe, train: Dataset, data_info: dict, cache_dir: Path
+) -> tuple[torch.nn.Module, dict]:
+    spec = recipe.model
+    model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels)
+    if spec.weights == "torchvision":
+        path = torchvision_weights_path(spec.name)
+        return load_weights(model, path).eval(), {"source": "torchvision", "path": str(path)}
+    if spec.weights != "train":
+        return load_weights(model, spec.weights).eval(), {"source": "checkpoint", "path": spec.weights}
+    key = _baseline_key(recipe, data_info)
+    weights_path = cache_dir / "baselines" / f"{spec.name}-{recipe.data.name}-{key}.pt"
+    meta_path = weights_path.with_suffix(".json")
+    if weights_path.is_file() and meta_path.is_file():
+        log.info("loading cached FP32 baseline %s", weights_path)
+        meta = json.loads(meta_path.read_text())
+        return load_weights(model, weights_path).eval(), {
+            **meta,
+            "source": "cache",
+            "path": str(weights_path),
+        }
+    log.info("training the FP32 baseline (%s epochs); cached at %s", recipe.train.epochs, weights_path)
+    # Epoch checkpoints next to the cache entry: an interrupted run resumes instead of restarting.
+    checkpoints = weights_path.with_name(weights_path.stem + "-checkpoints")
+    result = fit(model, train, _train_config(recipe), checkpoint_dir=checkpoints, resume=True, progress=True)
+    model.eval()
+    with atomic_path(weights_path) as tmp:
+        torch.save(model.state_dict(), tmp)
+    meta = {
+        "key": key,
+        "trained_seconds": round(result.seconds, 1),
+        "steps": result.global_step,
+    }
+    write_text_atomic(meta_path, json.dumps(meta, indent=2))
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return model, {**meta, "source": "trained", "path": str(weights_path)}
+
+
+@register_task("image-classification")
+def prepare_image_classification(recipe: Recipe, cache_dir: Path) -> PreparedTask:
+    """Datasets, calibration subset and FP32 model for an image-classification recipe."""
+    train, test, data_info, calib_images, calib_labels = _load_datasets(recipe)
+    train = _limit(train, recipe.data.train_limit)
+    test = _limit(test, recipe.data.test_limit)
+    section = recipe.quantize.calibration
+    calib = calibration_set(recipe.data.name, calib_images, calib_labels, section.size, section.seed)
+    model, baseline_info = _baseline(recipe, train, data_info, cache_dir)
+    full_train = train.dataset if isinstance(train, Subset) else train  # calibration indexes the full split
+    return PreparedTask(
+        fp32_model=model,
+        example_input=full_train[int(calib.indices[0])][0].unsqueeze(0),
+        calibration=calib.loader(full_train, batch_size=section.batch_size),
+        calibration_info=calib.describe(),
+        eval_batches=DataLoader(test, batch_size=recipe.evaluate.batch_size, shuffle=False),
+        train_dataset=train,
+        data_info={**data_info, "train_size": len(train), "test_size": len(test)},
+        baseline_info=baseline_info,
+    )

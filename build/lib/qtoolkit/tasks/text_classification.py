@@ -1,0 +1,123 @@
+"""Text classification (BERT-style encoders): data split, cached fine-tune, eval batches, deploy dir.
+
+The FP32 baseline is the recipe's fine-tune of a local Hugging Face directory (``model.path``, or
+``model.name: minilm-l6`` for the offline MiniLM-L6 package), cached under
+``$QTK_CACHE/bert-finetuned`` by base model files, split and training settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qtoolkit.data.text import TextDataset, load_rotten_tomatoes, load_text_classification, stratified_split
+from qtoolkit.deploy import write_deploy_dir
+from qtoolkit.deploy.predict import TextEncoder
+from qtoolkit.errors import QtkError
+from qtoolkit.models.bert import (
+    FineTuneConfig,
+    effective_max_length,
+    fine_tune_cached,
+    load_encoder,
+    resolve_model_dir,
+)
+from qtoolkit.recipe import Recipe
+from qtoolkit.tasks.base import PreparedTask, register_task
+
+
+def _load(recipe: Recipe) -> TextDataset:
+    data = recipe.data
+    if data.name == "rotten-tomatoes":
+        return load_rotten_tomatoes(data.root)
+    if data.name == "text-file":
+        if not data.root:
+            raise QtkError(
+                f"{recipe.source}: data.root must name the CSV/TSV/JSONL file for data.name text-file"
+            )
+        return load_text_classification(
+            data.root,
+            text_column=data.text_column,
+            label_column=data.label_column,
+            text_pair_column=data.text_pair_column,
+        )
+    raise QtkError(f"{recipe.source}: unknown text dataset {data.name!r}; use rotten-tomatoes or text-file")
+
+
+def _tensors(encoded: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {key: torch.from_numpy(value) for key, value in encoded.items()}
+
+
+def _batches(encoder: TextEncoder, data: TextDataset, batch_size: int) -> list[tuple[dict, torch.Tensor]]:
+    """Held-out batches padded to their longest member (as the deploy predictor pads)."""
+    batches = []
+    for start in range(0, len(data), batch_size):
+        part = data.subset(range(start, min(len(data), start + batch_size)))
+        batches.append((_tensors(encoder.encode(part.texts, part.text_pairs)), torch.tensor(part.labels)))
+    return batches
+
+
+def _full_length_input(encoder: TextEncoder, vocab_size: int, seq: int):
+    """Latency inputs of ``seq`` real tokens ([CLS] random ids [SEP]) so every call does full work."""
+
+    def make(batch_size: int) -> dict[str, torch.Tensor]:
+        return _tensors(encoder.full_length_batch(batch_size, seq, vocab_size))
+
+    return make
+
+
+@register_task("text-classification")
+def prepare_text_classification(recipe: Recipe, cache_dir: Path) -> PreparedTask:
+    """Split, fine-tuned FP32 classifier and eval batches for a text-classification recipe."""
+    splits = stratified_split(_load(recipe), seed=recipe.train.seed)
+    test = splits.test
+    if recipe.data.test_limit is not None:
+        test = test.subset(range(min(len(test), recipe.data.test_limit)))
+    train = recipe.train
+    base = recipe.model.path or recipe.model.name
+    max_length = effective_max_length(resolve_model_dir(base), recipe.data.max_length)
+    config = FineTuneConfig(
+        steps=train.max_steps or 300,
+        batch_size=train.batch_size,
+        lr=train.lr,
+        warmup_steps=train.warmup_steps,
+        weight_decay=train.weight_decay,
+        max_length=max_length,
+        precision=train.precision,
+        grad_clip=train.grad_clip,
+        seed=train.seed,
+        device=train.device,
+    )
+    model, model_dir, cached = fine_tune_cached(
+        base, splits.train, splits.fingerprint, config, cache_root=cache_dir
+    )
+    encoder = load_encoder(model_dir, config.max_length)
+    example = _tensors(
+        encoder.encode(test.texts[:2], None if test.text_pairs is None else test.text_pairs[:2])
+    )
+
+    def write_deploy(out_dir: Path, int8_onnx: Path) -> None:
+        extra = {"split": splits.manifest(), "quantization": asdict(recipe.quantize), "recipe": recipe.name}
+        write_deploy_dir(out_dir / "deploy", int8_onnx, encoder, splits.label_names, extra=extra)
+
+    return PreparedTask(
+        fp32_model=model,
+        example_input=example,
+        calibration=[],  # dynamic quantization measures activations at run time
+        calibration_info={
+            "size": 0,
+            "fingerprint": splits.fingerprint,
+            "note": "dynamic: no calibration set",
+        },
+        eval_batches=_batches(encoder, test, recipe.evaluate.batch_size),
+        data_info={**splits.manifest(), "sizes": splits.sizes(), "test_evaluated": len(test)},
+        baseline_info={
+            "source": "cache" if cached else "trained",
+            "path": str(model_dir),
+            "fine_tune": config.to_dict(),
+        },
+        latency_input=_full_length_input(encoder, model.config.vocab_size, config.max_length),
+        write_deploy=write_deploy,
+    )

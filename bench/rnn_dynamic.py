@@ -80,7 +80,7 @@ def subject(name: str, seq: int) -> dict[str, Any]:
 def run_subject(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     spec = subject(name, args.seq)
     model, example = spec["model"], spec["example"]
-    quantized = quantize_model(model, DynamicQuantConfig())
+    quantized = quantize_model(model, DynamicQuantConfig(per_channel=not args.per_tensor))
     paths = {variant: out / f"{name}_{variant}.onnx" for variant in ONNX_VARIANTS}
     export_onnx(model, example, paths["fp32_onnx"])
     export_int8_onnx(quantized, example, paths["int8_onnx"])
@@ -158,6 +158,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (as ORT)")
     parser.add_argument("--out", default="runs/rnn_dynamic")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -101,6 +101,7 @@ def _export_evaluate_report(
         "method": quantized.method,
         "tolerance_pp": ev.tolerance_pp,
         "min_agreement": ev.min_agreement,
+        "parity_noise_factor": ev.parity_noise_factor,
         "calibration": task.calibration_info,
         "data": task.data_info,
         "baseline": task.baseline_info,

@@ -25,7 +25,8 @@ class ModelSection:
     num_classes: int = 10
     in_channels: int = 3
     weights: str = "train"  # train | torchvision | path to a state_dict checkpoint
-    path: str | None = None  # Hugging Face directory for text models
+    path: str | None = None  # Hugging Face directory for text models (lstm-text/gru-text: its tokenizer)
+    options: dict[str, Any] = field(default_factory=dict)  # builder options (lstm-text: hidden_size, ...)
 
 
 @dataclass
@@ -105,6 +106,9 @@ class ExportSection:
 class EvaluateSection:
     tolerance_pp: float = 0.5
     min_agreement: float = 0.995
+    parity_noise_factor: float = (
+        2.0  # parity limit relaxes to 1 − factor · (torch INT8 kernel-swap disagreement)
+    )
     threads: int = 2
     batch_size: int = 256
     latency_batch_size: int = 1
@@ -150,6 +154,12 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
             except QtkError as error:
                 errors.append(error)
         raise errors[0]
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise QtkError(
+                f"{source}: key '{key}' must be a mapping of names, got {type(value).__name__} {value!r}"
+            )
+        return dict(value)
     if origin is list:
         if not isinstance(value, list):
             raise QtkError(f"{source}: key '{key}' must be a list, got {type(value).__name__} {value!r}")

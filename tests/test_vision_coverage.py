@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 import qtoolkit as qtk
-from qtoolkit.runtime.ort import make_session
 from qtoolkit.evaluate.parity import SIMULATION, TORCH_INT8
 from qtoolkit.quantize.attention import rewrite_attention
+from qtoolkit.runtime.ort import make_session
 
 torchvision = pytest.importorskip("torchvision")
 M = torchvision.models

@@ -14,6 +14,7 @@ from torch import nn
 
 from qtoolkit.evaluate.latency import measure_latency
 from qtoolkit.evaluate.metrics import accuracy, agreement, predictions
+from qtoolkit.evaluate.noise_floor import find_kernel_swap, swapped_runner
 from qtoolkit.runtime.batches import collect_logits
 from qtoolkit.runtime.ort import make_session, model_size_mb, ort_call, ort_runner
 from qtoolkit.runtime.torch_runner import call_model, torch_runner
@@ -52,6 +53,9 @@ def compare_variants(
     }
     runners = {"fp32_torch": torch_runner(fp32_model), "int8_torch": torch_runner(int8_model)}
     runners.update({name: ort_runner(session) for name, session in sessions.items()})
+    swap = find_kernel_swap(int8_model)  # the parity noise floor, in the same pass
+    if swap is not None:
+        runners["int8_torch_swapped"] = swapped_runner(runners["int8_torch"], int8_model, swap[0])
     collected = collect_logits(runners, eval_batches, desc="evaluate fp32/int8 torch and onnx")
     labels = collected.labels
     predicted = {name: predictions(logits) for name, logits in collected.logits.items()}
@@ -83,5 +87,13 @@ def compare_variants(
         "int8_onnx_vs_fp32_torch_agreement": agreement(predicted["int8_onnx"], predicted["fp32_torch"]),
         "fp32_onnx_vs_fp32_torch_agreement": agreement(predicted["fp32_onnx"], predicted["fp32_torch"]),
         "samples": len(labels),
+        "noise_floor": None
+        if swap is None
+        else {
+            "swap": swap[1],
+            "int8_torch_vs_swapped_agreement": agreement(
+                predicted["int8_torch_swapped"], predicted["int8_torch"]
+            ),
+        },
     }
     return metrics, parity

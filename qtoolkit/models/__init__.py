@@ -3,6 +3,7 @@
 from qtoolkit.models import (
     efficientnet,  # noqa: F401  (registers efficientnet_lite2; packages optional)
     resnet,  # noqa: F401  (registers resnet18, resnet50, mobilenets)
+    rnn,  # noqa: F401  (registers lstm-text, gru-text)
 )
 from qtoolkit.models.registry import available_models, create_model, register_model
 

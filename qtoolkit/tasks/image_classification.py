@@ -64,7 +64,8 @@ def _load_datasets(recipe: Recipe) -> tuple[Dataset, Dataset, dict[str, object],
 def _determining(recipe: Recipe, data_info: dict[str, object]) -> dict[str, object]:
     """Everything that determines a trained baseline (its cache key)."""
     return {
-        "model": asdict(recipe.model),
+        # options only when given: keys of baselines cached before model.options existed stay valid
+        "model": {k: v for k, v in asdict(recipe.model).items() if k != "options" or v},
         "data": {
             "name": recipe.data.name,
             "test": data_info.get("test_sha256"),
@@ -81,7 +82,9 @@ def _baseline(
     spec = recipe.model
 
     def build() -> torch.nn.Module:
-        return create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels)
+        return create_model(
+            spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels, **spec.options
+        )
 
     if spec.weights == "torchvision":
         path = torchvision_weights_path(spec.name)

@@ -78,6 +78,10 @@ def _full_length_input(encoder: TextEncoder, vocab_size: int, seq: int):
 @register_task("text-classification")
 def prepare_text_classification(recipe: Recipe, cache_dir: Path) -> PreparedTask:
     """Split, fine-tuned FP32 classifier and eval batches for a text-classification recipe."""
+    if recipe.model.name in ("lstm-text", "gru-text"):  # trained from scratch, not fine-tuned
+        from qtoolkit.tasks.rnn_text import prepare_rnn_text_classification
+
+        return prepare_rnn_text_classification(recipe, cache_dir)
     splits = stratified_split(_load(recipe), seed=recipe.train.seed)
     test = splits.test
     if recipe.data.test_limit is not None:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from qtoolkit.errors import QtkError
+from qtoolkit.export.fixed_qparams import requantize_fixed_qparams_ops
 
 # torch quantized dtype -> (plain integer dtype, full range). Full range: torch's kernels saturate
 # there, whatever range (e.g. reduce_range) the observer used to choose the scale.
@@ -243,6 +244,7 @@ _FX_FUNCTIONAL: dict[str, tuple[Callable[..., torch.Tensor], int]] = {
     "mul_scalar": (operator.mul, 2),
     "hardswish": (F.hardswish, 1),
     "matmul": (torch.matmul, 2),
+    "cat": (lambda tensors, dim: torch.cat(tensors, dim), 2),
 }
 
 
@@ -308,6 +310,7 @@ def to_reference(int8_model: nn.Module) -> nn.Module:
     """
     reference = copy.deepcopy(int8_model).eval()
     if isinstance(reference, fx.GraphModule):
+        requantize_fixed_qparams_ops(reference, lambda s, zp: FixedQDQ(s, zp, torch.quint8))
         _rewrite_fx_graph(reference)
     _swap_modules(reference)
     top = _reference_of(reference)

@@ -35,6 +35,7 @@ from qtoolkit.quantize.canonical import (
     run_grid_ops_on_int8,
     unshare_pool_observers,
 )
+from qtoolkit.quantize.int8_rules import apply_int8_rules
 from qtoolkit.quantize.kernel_check import verify_int8_kernels
 from qtoolkit.quantize.qconfig import ObserverSpec, build_qconfig, set_backend
 
@@ -71,6 +72,7 @@ class StaticQuantConfig:
     canonicalize: bool = True  # FX: functional conv/linear on own parameters -> leaf modules
     clamp_aware: bool = True  # FX: observers feeding ReLU6/Hardtanh/ReLU observe the clamped value
     pool_own_qparams: bool = True  # FX: global average pools run in float; their output gets own qparams
+    int8_rules: bool = True  # FX: SiLU as x·sigmoid(x) and chunk/split on INT8 (quantize/int8_rules.py)
 
 
 @dataclass
@@ -215,6 +217,8 @@ def quantize_static(
             if config.canonicalize:
                 rules["int8_padding"] = run_grid_ops_on_int8(int8_model)
             rules["pool_own_qparams"] = requantize_pools(int8_model, pool_observers)
+            if config.int8_rules:
+                rules.update(apply_int8_rules(int8_model))
     first = next(iter(checked_batches(calibration)))
     verify_int8_kernels(int8_model.eval(), first[:4], config.backend)  # refuses broken engines
     leftovers = sorted(set(kept) | set(_float_leftovers(int8_model)))

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
-import statistics
 import sys
 import time
 import warnings
@@ -35,48 +33,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from qtoolkit.atomic import write_text_atomic
 from qtoolkit.data.text import load_rotten_tomatoes, stratified_split
 from qtoolkit.deploy import predict, write_deploy_dir
-from qtoolkit.evaluate.latency import measure_latency
-from qtoolkit.evaluate.ort_runtime import SLOW_FUSIONS, make_session, model_size_mb
+from qtoolkit.evaluate.latency import best_of_rounds, interleaved_latency, paired_ratio
+from qtoolkit.evaluate.metrics import mcnemar
 from qtoolkit.export import export_onnx, onnx_export
 from qtoolkit.export.dynamic_onnx import export_dynamic_int8_onnx
 from qtoolkit.models.bert import (
     FineTuneConfig,
     fine_tune_cached,
     load_encoder,
-    predict_logits,
 )
+from qtoolkit.peers.ort_quantizer import ort_quantize_dynamic
 from qtoolkit.quantize.dynamic import DynamicQuantConfig, quantize_dynamic
 from qtoolkit.report.environment import collect_environment
-
-
-def onnx_logits(session, encoder, texts: list[str], batch_size: int = 64) -> np.ndarray:
-    names = [value.name for value in session.get_inputs()]
-    out = []
-    for start in range(0, len(texts), batch_size):
-        feeds = encoder.encode(texts[start : start + batch_size])
-        out.append(session.run(None, {name: feeds[name] for name in names})[0])
-    return np.concatenate(out)
-
+from qtoolkit.runtime.batches import logits_of
+from qtoolkit.runtime.ort import SLOW_FUSIONS, make_session, model_size_mb, ort_runner
+from qtoolkit.runtime.torch_runner import torch_runner
 
 ORT_DEFAULTS = "@ort_default_session"
-
-
-def mcnemar(a_right: np.ndarray, b_right: np.ndarray) -> dict[str, float]:
-    """Exact two-sided McNemar test on paired correctness: are a and b equally accurate?
-
-    With n01 = only a right, n10 = only b right: p = min(1, 2 · P[X ≤ min(n01, n10)]),
-    X ~ Binomial(n01 + n10, 1/2).
-    """
-    only_a, only_b = int((a_right & ~b_right).sum()), int((~a_right & b_right).sum())
-    n = only_a + only_b
-    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2**n if n else 1.0
-    return {"only_a": only_a, "only_b": only_b, "p_value": min(1.0, 2 * tail)}
-
-
-def paired_speedup(base_ms: list[float], model_ms: list[float]) -> dict[str, float]:
-    """Median, min and max over rounds of base/model, each ratio taken within one round."""
-    ratios = [base / model for base, model in zip(base_ms, model_ms, strict=True)]
-    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
 
 
 def main() -> None:
@@ -123,16 +96,17 @@ def main() -> None:
         per_channel=not args.per_tensor, reduce_range=args.reduce_range, exclude=tuple(args.exclude)
     )
     qmodel = quantize_dynamic(model, qconfig)
-    logits = {
-        "fp32_torch": predict_logits(model, encoder, texts),
-        "int8_torch": predict_logits(qmodel, encoder, texts),
-    }
+
+    def torch_logits(module: torch.nn.Module) -> np.ndarray:
+        return logits_of(torch_runner(module), encoder.batches(texts))
+
+    logits = {"fp32_torch": torch_logits(model), "int8_torch": torch_logits(qmodel)}
     # Noise floor for parity: torch's own INT8 model with only its attention kernel swapped. Float
     # rounding differences flip a few dynamic activation roundings, and 6 layers amplify them.
     kernel = qmodel.config._attn_implementation
     other = "sdpa" if kernel == "eager" else "eager"
     qmodel.set_attn_implementation(other)
-    swapped = predict_logits(qmodel, encoder, texts)
+    swapped = torch_logits(qmodel)
     qmodel.set_attn_implementation(kernel)
     noise_floor = {
         "kernels": f"{kernel} vs {other}",
@@ -153,11 +127,7 @@ def main() -> None:
         with mock.patch.object(onnx_export, "_eager_attention", contextlib.nullcontext):
             export_onnx(model, example, extra_paths["fp32_onnx_sdpa"])
             export_dynamic_int8_onnx(qmodel, example, extra_paths["int8_onnx_sdpa"])
-    from onnxruntime.quantization import QuantType
-    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
-
-    paths["ort_peer"] = out / "model_ort_dynamic.onnx"
-    ort_quantize_dynamic(str(paths["fp32_onnx"]), str(paths["ort_peer"]), weight_type=QuantType.QInt8)
+    paths["ort_peer"] = ort_quantize_dynamic(paths["fp32_onnx"], out / "model_ort_dynamic.onnx")
     sessions = {
         name: make_session(path, threads=args.threads) for name, path in (paths | extra_paths).items()
     }
@@ -165,9 +135,9 @@ def main() -> None:
         name: make_session(path, threads=args.threads, disabled_optimizers=()) for name, path in paths.items()
     }
     for name, session in sessions.items():
-        logits[name] = onnx_logits(session, encoder, texts)
+        logits[name] = logits_of(ort_runner(session), encoder.batches(texts))
     for name, session in default_sessions.items():  # fusions change float rounding, hence predictions
-        logits[name + ORT_DEFAULTS] = onnx_logits(session, encoder, texts)
+        logits[name + ORT_DEFAULTS] = logits_of(ort_runner(session), encoder.batches(texts))
 
     preds = {name: value.argmax(-1) for name, value in logits.items()}
     accuracy = {name: float((pred == labels).mean()) for name, pred in preds.items()}
@@ -184,16 +154,13 @@ def main() -> None:
         # the same files in sessions with ORT's own default fusions (qtoolkit skips SLOW_FUSIONS)
         calls.update({f"{name}{ORT_DEFAULTS}": (lambda s=session, f=feeds: s.run(None, f))
                       for name, session in default_sessions.items()})  # fmt: skip
+        calls["fp32_torch"] = lambda f=tfeeds: model(**f)
+        calls["int8_torch"] = lambda f=tfeeds: qmodel(**f)
         with torch.no_grad():
-            calls["fp32_torch"] = lambda f=tfeeds: model(**f)
-            calls["int8_torch"] = lambda f=tfeeds: qmodel(**f)
-            medians: dict[str, list[float]] = {name: [] for name in calls}
-            for _ in range(args.rounds):
-                for name, call in calls.items():
-                    repeats = 10 if batch == 8 else 20
-                    medians[name].append(measure_latency(call, warmup=3, repeats=repeats).median_ms)
+            repeats = 10 if batch == 8 else 20
+            medians = interleaved_latency(calls, rounds=args.rounds, warmup=3, repeats=repeats)
         per_round[f"batch{batch}"] = medians
-        latency[f"batch{batch}"] = {name: min(values) for name, values in medians.items()}
+        latency[f"batch{batch}"] = best_of_rounds(medians)
 
     variants = {}
     if args.variants:
@@ -205,7 +172,7 @@ def main() -> None:
             "per_channel_full_range": DynamicQuantConfig(),
             "per_channel_full_range_float_classifier": DynamicQuantConfig(exclude=("classifier",)),
         }.items():
-            variant_logits = predict_logits(quantize_dynamic(model, config), encoder, texts)
+            variant_logits = torch_logits(quantize_dynamic(model, config))
             variants[label] = float((variant_logits.argmax(-1) == labels).mean())
 
     deploy = write_deploy_dir(out / "deploy", paths["int8_onnx"], encoder, splits.label_names,
@@ -213,20 +180,20 @@ def main() -> None:
     examples = ["A gorgeous, witty and deeply moving film.", "Tedious, overlong and badly acted."]
     predictions = [p.to_dict() for p in predict(deploy, examples)]
 
-    speedup = {k: paired_speedup(v["fp32_onnx"], v["int8_onnx"]) for k, v in per_round.items()}
-    peer_speedup = {k: paired_speedup(v["fp32_onnx"], v["ort_peer"]) for k, v in per_round.items()}
+    speedup = {k: paired_ratio(v, "fp32_onnx", "int8_onnx") for k, v in per_round.items()}
+    peer_speedup = {k: paired_ratio(v, "fp32_onnx", "ort_peer") for k, v in per_round.items()}
     sdpa_speedup = {
         k: {
-            "int8_vs_fp32_sdpa_traced": paired_speedup(v["fp32_onnx_sdpa"], v["int8_onnx_sdpa"]),
-            "fp32_eager_vs_sdpa_traced": paired_speedup(v["fp32_onnx_sdpa"], v["fp32_onnx"]),
-            "int8_eager_vs_sdpa_traced": paired_speedup(v["int8_onnx_sdpa"], v["int8_onnx"]),
+            "int8_vs_fp32_sdpa_traced": paired_ratio(v, "fp32_onnx_sdpa", "int8_onnx_sdpa"),
+            "fp32_eager_vs_sdpa_traced": paired_ratio(v, "fp32_onnx_sdpa", "fp32_onnx"),
+            "int8_eager_vs_sdpa_traced": paired_ratio(v, "int8_onnx_sdpa", "int8_onnx"),
         }
         for k, v in per_round.items()
         if "fp32_onnx_sdpa" in v
     }
     default_speedup = {
         k: {
-            name: paired_speedup(v[f"fp32_onnx{ORT_DEFAULTS}"], v[f"{name}{ORT_DEFAULTS}"])
+            name: paired_ratio(v, f"fp32_onnx{ORT_DEFAULTS}", f"{name}{ORT_DEFAULTS}")
             for name in ("int8_onnx", "ort_peer")
         }
         for k, v in per_round.items()

@@ -39,7 +39,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     from qtoolkit.atomic import write_text_atomic
-    from qtoolkit.evaluate.benchmark import bench_image_model, format_bench
+    from qtoolkit.peers.image_bench import bench_image_model, format_bench
 
     results = bench_image_model(
         args.model, args.image_size, args.batch_sizes, args.threads, args.repeats, args.rounds
@@ -65,7 +65,7 @@ def _cmd_compare_ort(args: argparse.Namespace) -> int:
 
     from qtoolkit.analyze.run import compare_ort_recipe
     from qtoolkit.atomic import write_text_atomic
-    from qtoolkit.evaluate.ort_compare import format_comparison
+    from qtoolkit.peers.ort_compare import format_comparison
     from qtoolkit.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.set or [])

@@ -17,17 +17,18 @@ import torch
 from qtoolkit.deploy import predict, write_deploy_dir
 from qtoolkit.deploy.predict import TextEncoder
 from qtoolkit.errors import QtkError
-from qtoolkit.evaluate.ort_runtime import make_session
 from qtoolkit.export import export_onnx
 from qtoolkit.export.dynamic_onnx import export_dynamic_int8_onnx
 from qtoolkit.models.bert import (
     load_classifier,
     load_encoder,
-    predict_logits,
     resolve_model_dir,
     save_tiny_bert,
 )
 from qtoolkit.quantize.dynamic import DynamicQuantConfig, quantize_dynamic, quantized_modules
+from qtoolkit.runtime.batches import logits_of
+from qtoolkit.runtime.ort import make_session
+from qtoolkit.runtime.torch_runner import torch_runner
 
 TEXTS = ["the film was great fun", "an awful, dull movie!", "good", "bad bad bad 123 the film is dull"]
 # Logit agreement bound between the INT8 ONNX model and torch's dynamic INT8 model. Both run the same
@@ -156,7 +157,7 @@ def test_predict_returns_torch_int8_label(tiny: dict) -> None:
         tiny["root"] / "deploy", tiny["export"].path, tiny["encoder"], ["neg", "mid", "pos"]
     )
     results = predict(deploy, TEXTS)
-    expected = predict_logits(tiny["q"], tiny["encoder"], TEXTS).argmax(-1)
+    expected = logits_of(torch_runner(tiny["q"]), tiny["encoder"].batches(TEXTS)).argmax(-1)
     assert [r.label_id for r in results] == expected.tolist()
     assert [r.label for r in results] == [["neg", "mid", "pos"][i] for i in expected]
     assert all(abs(sum(r.probabilities) - 1) < 1e-6 for r in results)

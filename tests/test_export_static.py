@@ -9,9 +9,9 @@ import torch
 from models_for_tests import PlainNet, StubbedNet, calibration_batches
 from torchvision.models.quantization.resnet import QuantizableBasicBlock
 
-from qtoolkit.evaluate.ort_runtime import make_session, model_size_mb
 from qtoolkit.export import export_int8_onnx, export_onnx, onnx_op_counts, to_reference
 from qtoolkit.quantize import ObserverSpec, StaticQuantConfig, quantize
+from qtoolkit.runtime.ort import make_session, model_size_mb
 
 
 def _static(model, mode="auto", **observer_args):

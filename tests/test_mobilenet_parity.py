@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qtoolkit.evaluate.benchmark import _randomise_batchnorm
 from qtoolkit.evaluate.parity import check_parity
 from qtoolkit.export import export_int8_onnx
 from qtoolkit.models import create_model
+from qtoolkit.peers.image_bench import randomise_batchnorm
 from qtoolkit.quantize import ObserverSpec, StaticQuantConfig, quantize
 
 
@@ -19,7 +19,7 @@ def test_mobilenet_int8_onnx_parity(name, tmp_path):
     torch.set_num_threads(2)
     torch.manual_seed(0)
     model = create_model(name).eval()
-    _randomise_batchnorm(model)
+    randomise_batchnorm(model)
     generator = torch.Generator().manual_seed(0)
     calibration = [torch.randn(4, 3, 96, 96, generator=generator) for _ in range(2)]
     held_out = [torch.randn(16, 3, 96, 96, generator=generator) for _ in range(4)]

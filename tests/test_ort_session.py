@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from qtoolkit.evaluate.ort_runtime import SLOW_FUSIONS, make_session
+from qtoolkit.runtime.ort import SLOW_FUSIONS, make_session
 
 
 def _residual_layer_norm(path, hidden: int = 16) -> None:

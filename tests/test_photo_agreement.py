@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from qtoolkit.errors import QtkError
-from qtoolkit.evaluate.agreement import agreement_metrics
+from qtoolkit.evaluate.metrics import agreement_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_PHOTOS = all(importlib.util.find_spec(m) for m in ("skimage", "sklearn"))

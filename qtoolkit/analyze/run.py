@@ -58,7 +58,7 @@ def compare_ort_recipe(
     rounds: int = 3,
 ) -> dict[str, Any]:
     """qtoolkit's INT8 ONNX for ``recipe`` vs onnxruntime's quantize_static on the same data."""
-    from qtoolkit.evaluate.ort_compare import CompareSettings, compare_with_ort
+    from qtoolkit.peers.ort_compare import CompareSettings, compare_with_ort
     from qtoolkit.quantize.api import quantize
 
     _static_only(recipe)

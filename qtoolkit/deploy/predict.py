@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from qtoolkit.errors import QtkError
+from qtoolkit.runtime.batches import logits_of
+from qtoolkit.runtime.ort import make_session, ort_runner
 
 __all__ = [
     "DEPLOY_FILE",
@@ -120,6 +122,19 @@ class TextEncoder:
             for name in self.input_names
         }
 
+    def batches(
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 64
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """:meth:`encode` over ``texts`` (and ``pairs``) in order, ``batch_size`` at a time, each batch
+        padded to its longest member: what deploy's ``predict`` feeds, so torch and ONNX models
+        evaluated on these batches see identical inputs."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if pairs is not None and len(pairs) != len(texts):
+            raise QtkError(f"{len(pairs)} second sentences for {len(texts)} texts; pass one per text.")
+        for start in range(0, len(texts), batch_size):
+            chunk = None if pairs is None else list(pairs[start : start + batch_size])
+            yield self.encode(texts[start : start + batch_size], chunk)
+
     def full_length_batch(
         self, batch_size: int, seq: int, vocab_size: int, seed: int = 0
     ) -> dict[str, np.ndarray]:
@@ -176,8 +191,6 @@ def _read_json(path: Path) -> Any:
 
 @lru_cache(maxsize=4)
 def _load_cached(directory: str, threads: int) -> _Loaded:
-    from qtoolkit.evaluate.ort_runtime import make_session
-
     root = Path(directory)
     if not root.is_dir():
         raise QtkError(f"deploy directory {root} does not exist; pass the directory written by the export.")
@@ -204,14 +217,11 @@ def predict(
 ) -> list[Prediction]:
     """Classify ``texts`` (or sentence pairs) with the INT8 ONNX model in ``directory``."""
     loaded = load(directory, threads)
-    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not isinstance(texts, str) and not len(texts):
+        return []
+    logits = logits_of(ort_runner(loaded.session), loaded.encoder.batches(texts, text_pairs, batch_size))
     results: list[Prediction] = []
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start : start + batch_size]
-        pairs = None if text_pairs is None else list(text_pairs[start : start + batch_size])
-        feeds = loaded.encoder.encode(chunk, pairs)
-        logits = loaded.session.run(None, {name: feeds[name] for name in loaded.input_names})[0]
-        for row in softmax(logits.astype(np.float64)):
-            best = int(row.argmax())
-            results.append(Prediction(loaded.labels[best], best, float(row[best]), row.tolist()))
+    for row in softmax(logits.astype(np.float64)):
+        best = int(row.argmax())
+        results.append(Prediction(loaded.labels[best], best, float(row[best]), row.tolist()))
     return results

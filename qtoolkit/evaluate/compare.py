@@ -9,20 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from qtoolkit.evaluate.latency import measure_latency
-from qtoolkit.evaluate.ort_runtime import make_session, model_size_mb
-from qtoolkit.evaluate.predictions import (
-    TorchForward,
-    agreement,
-    default_forward,
-    onnx_feed,
-    onnx_predictions,
-    torch_predictions,
-)
+from qtoolkit.evaluate.metrics import accuracy, agreement, predictions
+from qtoolkit.runtime.batches import collect_logits
+from qtoolkit.runtime.ort import make_session, model_size_mb, ort_call, ort_runner
+from qtoolkit.runtime.torch_runner import call_model, torch_runner
 
 
 @dataclass(frozen=True)
@@ -48,7 +42,6 @@ def compare_variants(
     eval_batches: Iterable[tuple[Any, torch.Tensor]],
     latency_batch: Callable[[int], Any],
     latency: LatencySettings,
-    forward: TorchForward = default_forward,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """(metrics per variant, parity). Accuracies are fractions in [0, 1]; ``latency_batch(b)`` gives
     the inputs of batch size b that every variant is timed on."""
@@ -57,17 +50,17 @@ def compare_variants(
         name: make_session(path, latency.threads)
         for name, path in (("fp32_onnx", fp32_onnx), ("int8_onnx", int8_onnx))
     }
-    predictions: dict[str, np.ndarray] = {}
-    predictions["fp32_torch"], labels = torch_predictions(fp32_model, eval_batches, "fp32 torch", forward)
-    predictions["int8_torch"], _ = torch_predictions(int8_model, eval_batches, "int8 torch", forward)
-    for name, session in sessions.items():
-        predictions[name] = onnx_predictions(session, eval_batches, name.replace("_", " "))
+    runners = {"fp32_torch": torch_runner(fp32_model), "int8_torch": torch_runner(int8_model)}
+    runners.update({name: ort_runner(session) for name, session in sessions.items()})
+    collected = collect_logits(runners, eval_batches, desc="evaluate fp32/int8 torch and onnx")
+    labels = collected.labels
+    predicted = {name: predictions(logits) for name, logits in collected.logits.items()}
 
     batch = latency_batch(latency.batch_size)
     timers = {
-        "fp32_torch": lambda: forward(fp32_model, batch),
-        "int8_torch": lambda: forward(int8_model, batch),
-        **{name: (lambda s=session: s.run(None, onnx_feed(s, batch))) for name, session in sessions.items()},
+        "fp32_torch": lambda: call_model(fp32_model, batch),
+        "int8_torch": lambda: call_model(int8_model, batch),
+        **{name: ort_call(session, batch) for name, session in sessions.items()},
     }
     sizes = {
         "fp32_torch": torch_size_mb(fp32_model),
@@ -80,15 +73,15 @@ def compare_variants(
         for name, call in timers.items():
             timing = measure_latency(call, latency.warmup, latency.repeats)
             metrics[name] = {
-                "accuracy": float(np.mean(predictions[name] == labels)),
+                "accuracy": accuracy(predicted[name], labels),
                 "latency_ms": round(timing.median_ms, 3),
                 "latency_p90_ms": round(timing.p90_ms, 3),
                 "size_mb": round(sizes[name], 3),
             }
     parity = {
-        "int8_onnx_vs_int8_torch_agreement": agreement(predictions["int8_onnx"], predictions["int8_torch"]),
-        "int8_onnx_vs_fp32_torch_agreement": agreement(predictions["int8_onnx"], predictions["fp32_torch"]),
-        "fp32_onnx_vs_fp32_torch_agreement": agreement(predictions["fp32_onnx"], predictions["fp32_torch"]),
+        "int8_onnx_vs_int8_torch_agreement": agreement(predicted["int8_onnx"], predicted["int8_torch"]),
+        "int8_onnx_vs_fp32_torch_agreement": agreement(predicted["int8_onnx"], predicted["fp32_torch"]),
+        "fp32_onnx_vs_fp32_torch_agreement": agreement(predicted["fp32_onnx"], predicted["fp32_torch"]),
         "samples": len(labels),
     }
     return metrics, parity

@@ -1,4 +1,4 @@
-"""Parity of an exported INT8 ONNX model with the torch INT8 model it came from."""
+"""Parity of an exported ONNX model with the torch model it came from (INT8 torch vs INT8 ONNX)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
 
-from qtoolkit.evaluate.ort_runtime import make_session
+from qtoolkit.evaluate.metrics import agreement, max_abs_diff, predictions
+from qtoolkit.runtime.batches import collect_logits
+from qtoolkit.runtime.ort import make_session, ort_runner
+from qtoolkit.runtime.torch_runner import torch_runner
 
 
 def check_parity(
@@ -18,18 +19,19 @@ def check_parity(
 ) -> dict[str, float]:
     """Top-1 agreement and max |logit difference| between ``int8_model`` and the ONNX file.
 
-    ``batches`` yields inputs, or (input, label) pairs. Returns ``agreement`` in [0, 1],
+    ``batches`` yields model inputs — a tensor, a tuple of tensors (positional inputs, in the ONNX
+    model's input order) or a mapping of named tensors — or inputs with their label, ``(inputs,
+    label)`` (see :func:`qtoolkit.runtime.batches.split_batch`). Returns ``agreement`` in [0, 1],
     ``max_abs_diff`` and ``samples``.
     """
     session = make_session(onnx_path, threads)
-    name = session.get_inputs()[0].name
-    agree, total, max_diff = 0, 0, 0.0
-    with torch.no_grad():
-        for batch in batches:
-            inputs = batch[0] if isinstance(batch, tuple | list) else batch
-            expected = int8_model(inputs).numpy()
-            got = session.run(None, {name: inputs.numpy()})[0]
-            agree += int(np.sum(expected.argmax(-1) == got.argmax(-1)))
-            total += len(expected)
-            max_diff = max(max_diff, float(np.abs(expected - got).max()))
-    return {"agreement": agree / max(total, 1), "max_abs_diff": max_diff, "samples": total}
+    runs = {"torch": torch_runner(int8_model), "onnx": ort_runner(session)}
+    logits = collect_logits(
+        runs, batches, arity=len(session.get_inputs()), desc="parity", progress=False
+    ).logits
+    expected, got = logits["torch"], logits["onnx"]
+    return {
+        "agreement": agreement(predictions(expected), predictions(got)),
+        "max_abs_diff": max_abs_diff(expected, got),
+        "samples": len(expected),
+    }

@@ -39,7 +39,7 @@ from qtoolkit.export.dynamic_passes import (
     quantize_linear_matmuls,
 )
 from qtoolkit.export.onnx_export import DEFAULT_OPSET, save_model, trace_to_ir
-from qtoolkit.quantize.dynamic import activation_reduce_range
+from qtoolkit.quantize.dynamic import activation_reduce_range  # layering: export reads quantize's Linears
 
 __all__ = [
     "DynamicExportResult",

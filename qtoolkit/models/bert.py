@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -43,7 +42,6 @@ __all__ = [
     "load_classifier",
     "load_encoder",
     "model_input_names",
-    "predict_logits",
     "resolve_model_dir",
     "save_tiny_bert",
 ]
@@ -395,28 +393,3 @@ def fine_tune_cached(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return model, target, False
-
-
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module,
-    encoder: TextEncoder,
-    texts: Sequence[str],
-    pairs: Sequence[str] | None = None,
-    batch_size: int = 64,
-) -> np.ndarray:
-    """Logits [N, num_labels] of a torch classifier (FP32 or dynamic INT8), in order, batch by batch.
-
-    Batches are padded to their longest member, exactly as :func:`qtoolkit.deploy.predict` does, so
-    torch and ONNX models see identical inputs (dynamic INT8 ranges include the padding positions).
-    """
-    model.eval()
-    out = []
-    for start in range(0, len(texts), batch_size):
-        feeds = encoder.encode(
-            texts[start : start + batch_size], None if pairs is None else pairs[start : start + batch_size]
-        )
-        out.append(
-            model(**{key: torch.from_numpy(value) for key, value in feeds.items()}).logits.float().numpy()
-        )
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,13 +12,6 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from qtoolkit.errors import QtkError
-
-
-def call_model(model: nn.Module, inputs: Any) -> torch.Tensor:
-    """Logits of ``model`` on one batch: ``model(x)`` for a tensor, ``model(**x)`` for keyword inputs
-    (Hugging Face models return an output object; its ``.logits`` is taken)."""
-    output = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
-    return output.logits if hasattr(output, "logits") else output
 
 
 def repeat_example(example: torch.Tensor) -> Callable[[int], torch.Tensor]:

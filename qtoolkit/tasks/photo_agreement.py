@@ -21,11 +21,12 @@ from torch.utils.data import DataLoader, Dataset
 from qtoolkit.atomic import atomic_path
 from qtoolkit.data.photos import PhotoCrops, PhotoCropSpec, build_photo_crops
 from qtoolkit.errors import QtkError
-from qtoolkit.evaluate.agreement import collect_logits, torch_runner
 from qtoolkit.models import create_model
 from qtoolkit.models.efficientnet import lite_normalize
 from qtoolkit.models.weights import load_weights
 from qtoolkit.recipe import Recipe
+from qtoolkit.runtime.batches import logits_of
+from qtoolkit.runtime.torch_runner import torch_runner
 from qtoolkit.tasks.base import PreparedTask, register_task
 
 log = logging.getLogger("qtoolkit")
@@ -83,7 +84,7 @@ def fp32_logits(model: torch.nn.Module, recipe: Recipe, crops: PhotoCrops, cache
         return np.load(path)
     preprocess = PREPROCESS.get(recipe.model.name, imagenet_normalize)
     loader = DataLoader(CropDataset(crops.eval, preprocess), batch_size=recipe.evaluate.batch_size)
-    logits = collect_logits(torch_runner(model), loader, "fp32 reference")
+    logits = logits_of(torch_runner(model), loader, progress=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, logits)
     return logits

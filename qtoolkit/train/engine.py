@@ -30,12 +30,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from qtoolkit.errors import QtkError
-from qtoolkit.evaluate.accuracy import evaluate_accuracy, resolve_device
+from qtoolkit.runtime.torch_runner import resolve_device
 from qtoolkit.train import checkpoint as ckpt
 
 ForwardLoss = Callable[[nn.Module, Any, torch.device], tuple[torch.Tensor, torch.Tensor | None, Any]]
 
-__all__ = ["Callback", "TrainConfig", "TrainResult", "default_forward_loss", "evaluate_accuracy", "fit"]
+__all__ = ["Callback", "TrainConfig", "TrainResult", "default_forward_loss", "fit"]
 
 # Fields that change which batches/updates a run makes: a checkpoint written under other values
 # cannot be resumed into this run.

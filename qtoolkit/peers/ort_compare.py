@@ -1,9 +1,11 @@
 """``qtk compare-ort``: qtoolkit's INT8 ONNX next to onnxruntime's ``quantize_static`` on the same
 FP32 ONNX, the same calibration batches and the same eval set.
 
-Every INT8 model is judged by :mod:`qtoolkit.evaluate.agreement` against the FP32 ONNX model's
-logits (top-1 agreement, top-5 overlap, logit cosine); latency is the best of ``rounds`` medians
-at batch 1 with rounds alternating between models (noise hits all alike); size is on disk.
+Every INT8 model is judged by :func:`qtoolkit.evaluate.metrics.agreement_metrics` against the FP32
+ONNX model's logits (top-1 agreement, top-5 overlap, logit cosine); latency is the best of
+``rounds`` medians at batch 1, models interleaved within each round
+(:func:`qtoolkit.evaluate.latency.interleaved_latency`), with the per-round medians and the paired
+ratio qtoolkit / each ORT model in the JSON; size is on disk. Inputs may be one tensor or named.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from typing import Any
 
 import torch
 
-from qtoolkit.evaluate.agreement import agreement_metrics, collect_logits, onnx_runner
-from qtoolkit.evaluate.benchmark import _ort_quantize_static
-from qtoolkit.evaluate.latency import measure_latency
-from qtoolkit.evaluate.ort_runtime import make_session, model_size_mb
+from qtoolkit.evaluate.latency import best_of_rounds, interleaved_latency, paired_ratio
+from qtoolkit.evaluate.metrics import agreement_metrics
 from qtoolkit.export import export_int8_onnx, export_onnx
+from qtoolkit.peers.ort_quantizer import ort_quantize_static
 from qtoolkit.report.environment import collect_environment
+from qtoolkit.runtime.batches import collect_logits, split_batch
+from qtoolkit.runtime.ort import make_session, model_size_mb, ort_call, ort_feed, ort_runner
 
 
 @dataclass(frozen=True)
@@ -31,16 +34,12 @@ class CompareSettings:
     rounds: int = 3
 
 
-def _batches_of(source: Any) -> list[torch.Tensor]:
-    return [b[0] if isinstance(b, tuple | list) else b for b in source]
-
-
 def compare_with_ort(
     fp32_model: torch.nn.Module,
     int8_model: torch.nn.Module,
     calibration: Any,
     eval_batches: Any,
-    example_input: torch.Tensor,
+    example_input: Any,
     settings: CompareSettings,
     work_dir: str | Path | None = None,
 ) -> dict[str, Any]:
@@ -52,23 +51,19 @@ def compare_with_ort(
         paths = {"fp32_onnx": out / "fp32.onnx", "qtoolkit_int8": out / "qtoolkit_int8.onnx"}
         export_onnx(fp32_model, example_input, paths["fp32_onnx"])
         export_int8_onnx(int8_model, example_input, paths["qtoolkit_int8"])
-        calib = [b.numpy() for b in _batches_of(calibration)]
+        fp32_session = make_session(paths["fp32_onnx"], settings.threads)
+        arity = len(fp32_session.get_inputs())
+        calib = [ort_feed(fp32_session, split_batch(batch, arity)[0]) for batch in calibration]
         for method in settings.ort_methods:
             paths[f"ort_{method}"] = out / f"ort_{method}_int8.onnx"
-            _ort_quantize_static(paths["fp32_onnx"], paths[f"ort_{method}"], calib, "input", method)
+            ort_quantize_static(paths["fp32_onnx"], paths[f"ort_{method}"], calib, None, method)
         sessions = {k: make_session(p, settings.threads) for k, p in paths.items()}
-        inputs = _batches_of(eval_batches)
-        logits = {k: collect_logits(onnx_runner(s), inputs, k) for k, s in sessions.items()}
+        runners = {k: ort_runner(s) for k, s in sessions.items()}
+        logits = collect_logits(runners, eval_batches, arity=arity, desc="compare with ORT").logits
         reference = logits["fp32_onnx"]
-        feed = example_input.numpy()
-        best: dict[str, float] = {}
-        for _ in range(settings.rounds):
-            for key, session in sessions.items():
-                name = session.get_inputs()[0].name
-                timing = measure_latency(
-                    lambda s=session, n=name: s.run(None, {n: feed}), 5, settings.repeats
-                )
-                best[key] = min(best.get(key, float("inf")), timing.median_ms)
+        calls = {k: ort_call(s, example_input) for k, s in sessions.items()}
+        per_round = interleaved_latency(calls, rounds=settings.rounds, warmup=5, repeats=settings.repeats)
+        best = best_of_rounds(per_round)
         rows = {
             key: {
                 **agreement_metrics(reference, logits[key]).to_dict(),
@@ -80,6 +75,10 @@ def compare_with_ort(
     return {
         "reference": "fp32_onnx",
         "rows": rows,
+        "latency_ms_per_round": per_round,
+        "qtoolkit_over_ort_latency": {
+            key: paired_ratio(per_round, "qtoolkit_int8", key) for key in per_round if key.startswith("ort_")
+        },
         "settings": {
             "ort_methods": list(settings.ort_methods),
             "rounds": settings.rounds,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnx
 
-from qtoolkit.evaluate.ort_runtime import make_session
+from qtoolkit.runtime.ort import make_session
 
 # Float ops that do arithmetic: in an INT8 graph each one is a float island (ORT ran it in fp32).
 FLOAT_COMPUTE_OPS = frozenset(

@@ -94,8 +94,6 @@ def hardswish_on_int8(gm: fx.GraphModule) -> list[str]:
         node.replace_all_uses_with(mul)
         gm.graph.erase_node(node)
         done.append(str(node.target))
-    if done:
-        gm.delete_all_unused_submodules()
     return _finish(gm, done)
 
 
@@ -182,6 +180,7 @@ def _cat_to_grid(gm: fx.GraphModule, cat: fx.Node, scale: object, zero_point: ob
 def _finish(gm: fx.GraphModule, done: list[str]) -> list[str]:
     if done:
         gm.graph.eliminate_dead_code()
+        gm.delete_all_unused_submodules()  # the replaced SiLU/Hardswish modules
         gm.recompile()
     return done
 
@@ -193,6 +192,20 @@ INT8_RULES: dict[str, Callable[[fx.GraphModule], list[str]]] = {
     "int8_hardswish": hardswish_on_int8,
     "float_output_tail": float_output_tail,
 }
+
+
+def modules_on_int8(int8_model: nn.Module) -> set[str]:
+    """Paths of modules that torch's converted FX graph calls on quantized tensors (they run INT8)."""
+    from qtoolkit.export.fixed_qparams import int8_values
+
+    if not isinstance(int8_model, fx.GraphModule):
+        return set()
+    quantized = int8_values(int8_model)
+    return {
+        str(node.target)
+        for node in int8_model.graph.nodes
+        if node.op == "call_module" and node.all_input_nodes and node.all_input_nodes[0] in quantized
+    }
 
 
 def apply_int8_rules(int8_model: nn.Module) -> dict[str, list[str]]:

@@ -35,7 +35,7 @@ from qtoolkit.quantize.canonical import (
     run_grid_ops_on_int8,
     unshare_pool_observers,
 )
-from qtoolkit.quantize.int8_rules import apply_int8_rules
+from qtoolkit.quantize.int8_rules import apply_int8_rules, modules_on_int8
 from qtoolkit.quantize.kernel_check import verify_int8_kernels
 from qtoolkit.quantize.qconfig import ObserverSpec, build_qconfig, set_backend
 
@@ -221,7 +221,10 @@ def quantize_static(
                 rules.update(apply_int8_rules(int8_model))
     first = next(iter(checked_batches(calibration)))
     verify_int8_kernels(int8_model.eval(), first[:4], config.backend)  # refuses broken engines
-    leftovers = sorted(set(kept) | set(_float_leftovers(int8_model)))
+    on_int8 = modules_on_int8(int8_model)  # e.g. nn.Sigmoid applied to a quantized tensor
+    leftovers = sorted(
+        set(kept) | {m for m in _float_leftovers(int8_model) if m.split(" ")[0] not in on_int8}
+    )
     if leftovers:
         warnings.warn(f"kept in float (not quantized): {', '.join(leftovers)}", stacklevel=2)
     return StaticQuantResult(int8_model.eval(), mode, batches, leftovers, observed, rules)

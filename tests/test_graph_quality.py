@@ -48,7 +48,7 @@ FAMILIES = {  # name -> (builder, integer kernels both graphs must have)
         {"QLinearConcat": 2, "Split": 1},
     ),
     "efficientnet_mbconv_se_silu": (
-        lambda: nn.Sequential(*_stem(16, nn.SiLU), MBConv(MBConvConfig(4, 3, 1, 16, 16, 1), 0.0, nn.BatchNorm2d),
+        lambda: nn.Sequential(*_stem(16, nn.SiLU), MBConv(MBConvConfig(4, 3, 1, 16, 16, 1), 0.2, nn.BatchNorm2d),
                               MBConv(MBConvConfig(4, 3, 2, 16, 24, 1), 0.0, nn.BatchNorm2d), *_head(24)),
         {"QLinearSigmoid": 9, "QLinearMul": 9, "QLinearAdd": 1},
     ),
@@ -69,7 +69,7 @@ def _build(name: str) -> tuple[nn.Module, list[torch.Tensor]]:
     with torch.no_grad():  # BatchNorm statistics of random data, as a user's warmed-up model has
         for _ in range(3):
             model(torch.randn(8, 3, 32, 32, generator=generator))
-    return model.eval(), [torch.randn(8, 3, 32, 32, generator=generator) for _ in range(4)]
+    return model.eval(), [torch.randn(8, 3, 32, 32, generator=generator) for _ in range(3)]
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
@@ -79,9 +79,9 @@ def test_optimized_graph_no_worse_than_ort_quantizer(name: str, tmp_path) -> Non
     config = qtoolkit.StaticQuantConfig(observers=qtoolkit.ObserverSpec(activation="minmax"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        int8 = qtoolkit.quantize_model(
-            model, config, calibration=calibration, example_input=example
-        ).int8_model
+        result = qtoolkit.quantize_model(model, config, calibration=calibration, example_input=example)
+    int8 = result.int8_model
+    assert result.details["float_modules"] == []  # SiLU, Hardswish, sigmoid gates: all run on INT8
     qtoolkit.export_onnx(model, example, tmp_path / "fp32.onnx")
     qtoolkit.export_int8_onnx(int8, example, tmp_path / "int8.onnx")
     ort_quantize_static(
@@ -97,6 +97,6 @@ def test_optimized_graph_no_worse_than_ort_quantizer(name: str, tmp_path) -> Non
         assert ours.get(op, 0) >= count and peer.get(op, 0) >= count, (op, ours, peer)
 
     parity = qtoolkit.check_parity(
-        int8, tmp_path / "int8.onnx", [torch.randn(16, 3, 32, 32) for _ in range(4)]
+        int8, tmp_path / "int8.onnx", [torch.randn(16, 3, 32, 32) for _ in range(2)]
     )
     assert parity["agreement"] >= 0.98, parity  # torch's INT8 model runs every rewritten op itself

@@ -14,6 +14,9 @@ DequantizeLinear/QuantizeLinear with NCHW<->NHWC Transposes around it.
   the output rounding.
 * ``hardswish_on_int8``: torch's INT8 Hardswish becomes ``quantized.mul(x, hardsigmoid(x), s, zp)``
   (hardsigmoid on the fixed 1/256 grid), the form onnxruntime fuses (HardSigmoid, QLinearMul).
+* ``drop_eval_identities`` / ``drop_requantize``: identity calls in eval mode (torchvision's
+  ``stochastic_depth``) go, and a dequantize -> quantize requantize of an INT8 tensor feeding
+  kernels that take any grid is dropped.
 * ``float_output_tail``: a final quantize/dequantize round trip of a float result is dropped.
 * ``split_on_int8``: ``dequantize(x) -> chunk/split -> getitem_i -> quantize(s_i, zp_i)`` becomes
   ``chunk(x) -> getitem_i``: the pieces stay on x's grid (ShuffleNet's channel split). Every piece
@@ -138,6 +141,59 @@ def float_output_tail(gm: fx.GraphModule) -> list[str]:
     return _finish(gm, done)
 
 
+# Functions that are the identity in eval mode: name -> index of their ``training`` argument.
+EVAL_IDENTITY_FUNCTIONS: dict[str, int] = {"stochastic_depth": 3}
+
+
+def drop_eval_identities(gm: fx.GraphModule) -> list[str]:
+    """Remove calls such as torchvision's ``stochastic_depth(x, p, mode, training=False)``.
+
+    torchvision marks ``stochastic_depth`` as an FX leaf, so torch.ao runs it in float between a
+    dequantize and a quantize although it returns ``x`` in eval mode (EfficientNet's residuals).
+    """
+    done = []
+    for node in list(gm.graph.nodes):
+        index = (
+            EVAL_IDENTITY_FUNCTIONS.get(getattr(node.target, "__name__", ""))
+            if node.op == "call_function"
+            else None
+        )
+        if index is None:
+            continue
+        training = node.args[index] if len(node.args) > index else node.kwargs.get("training", True)
+        if training is not False:
+            continue
+        node.replace_all_uses_with(node.args[0])
+        gm.graph.erase_node(node)
+        done.append(node.name)
+    return _finish(gm, done)
+
+
+def drop_requantize(gm: fx.GraphModule) -> list[str]:
+    """``quantize(dequantize(x), s, zp)`` of an INT8 ``x`` -> ``x`` when its users accept any qparams.
+
+    Such a pair only moves ``x`` onto another grid (a rounding) before an op whose INT8 kernel
+    takes inputs on any grid (quantized add/mul, conv); onnxruntime's quantizer has no such step.
+    ``cat`` is left alone: torch's quantized ``cat`` outputs its first input's grid.
+    """
+    from qtoolkit.export.fixed_qparams import int8_values
+
+    quantized, done = int8_values(gm), []
+    for node in list(gm.graph.nodes):
+        if (
+            not _is_quantize(node)
+            or not _is_dequantize(node.args[0])
+            or node.args[0].args[0] not in quantized
+        ):
+            continue
+        if any(user.op == "call_function" and user.target is torch.cat for user in node.users):
+            continue
+        node.replace_all_uses_with(node.args[0].args[0])
+        gm.graph.erase_node(node)
+        done.append(node.name)
+    return _finish(gm, done)
+
+
 def split_on_int8(gm: fx.GraphModule) -> list[str]:
     """chunk/split of a dequantized tensor whose pieces are all requantized -> split on INT8."""
     done = []
@@ -187,6 +243,8 @@ def _finish(gm: fx.GraphModule, done: list[str]) -> list[str]:
 
 # Rule name -> rule; :func:`qtoolkit.quantize.static.quantize_static` records what each changed.
 INT8_RULES: dict[str, Callable[[fx.GraphModule], list[str]]] = {
+    "eval_identities": drop_eval_identities,
+    "drop_requantize": drop_requantize,
     "int8_silu": silu_on_int8,
     "int8_split": split_on_int8,
     "int8_hardswish": hardswish_on_int8,

@@ -52,6 +52,31 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_zoo(args: argparse.Namespace) -> int:
+    import json
+
+    from qtoolkit.atomic import write_text_atomic
+    from qtoolkit.peers.zoo import ZOO_MODELS, format_zoo, run_zoo
+
+    results = run_zoo(
+        args.models or ZOO_MODELS,
+        threads=args.threads,
+        rounds=args.rounds,
+        repeats=args.repeats,
+        batch_sizes=tuple(args.batch_sizes),
+        parity_samples=args.parity_samples,
+        progress=lambda name: print(f"qtk zoo: {name}", file=sys.stderr, flush=True),
+    )
+    table = format_zoo(results)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "zoo.md", table)
+        write_text_atomic(out / "zoo.json", json.dumps(results, indent=2) + "\n")
+    return 0
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from qtoolkit.analyze.run import analyze_recipe
     from qtoolkit.recipe import load_recipe
@@ -134,6 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--json", default=None, help="also write the results as JSON to this file")
     bench.set_defaults(func=_cmd_bench)
+
+    zoo = commands.add_parser(
+        "zoo",
+        help="torchvision classifiers (random init): export, parity, graph and latency vs ORT's quantizer",
+    )
+    zoo.add_argument("--models", nargs="+", default=None, help="torchvision model names (default: the zoo)")
+    zoo.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds")
+    zoo.add_argument("--repeats", type=int, default=20, help="timed runs per round")
+    zoo.add_argument("--threads", type=int, default=2)
+    zoo.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    zoo.add_argument("--parity-samples", type=int, default=64)
+    zoo.add_argument("--out", default=None, help="directory for zoo.md and zoo.json")
+    zoo.set_defaults(func=_cmd_zoo)
 
     analyze = commands.add_parser("analyze", help="per-layer SQNR of a static recipe's INT8 model vs FP32")
     analyze.add_argument("recipe", help="recipe file (YAML) with quantize.method: static")

@@ -170,9 +170,13 @@ def requantize_passthrough(model: ir.Model) -> int:
 
 def make_ort_friendly(model: ir.Model) -> dict[str, int]:
     """Run every pass; return how many places each one changed (recorded in the export log)."""
+    from qtoolkit.export.grid_passes import drop_output_round_trip, requantize_grid_ops  # imports us
+
     changes = {
         "dropped_clips": drop_redundant_clips(model),
         "requantized_passthrough": requantize_passthrough(model),
+        "requantized_grid_ops": requantize_grid_ops(model),
+        "dropped_output_round_trips": drop_output_round_trip(model),
         "quantized_bias": quantize_bias(model),
     }
     RemoveUnusedNodesPass()(model)  # drops the float biases that were replaced (and their initializers)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from qtoolkit.errors import QtkError
+from qtoolkit.export.fixed_qparams import requantize_fixed_qparams_ops
 
 # torch quantized dtype -> (plain integer dtype, full range). Full range: torch's kernels saturate
 # there, whatever range (e.g. reduce_range) the observer used to choose the scale.
@@ -181,6 +182,20 @@ class _ThenQDQ(nn.Module):
         return self.out(self.op(x))
 
 
+class GlobalMean(nn.Module):
+    """AdaptiveAvgPool(1) as a mean over the spatial axes: the same math, but it exports as one
+    ReduceMean (torch.export decomposes some adaptive pools into as_strided/Gather index arithmetic,
+    which onnxruntime cannot run in NHWC, so Transposes appear around it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+def _global_mean(m: nn.Module) -> nn.Module | None:
+    size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,)
+    return GlobalMean() if all(s == 1 for s in size) else None
+
+
 def _quantize_stub(m: nnq.Quantize) -> nn.Module:
     return FixedQDQ(float(m.scale), int(m.zero_point), m.dtype)
 
@@ -205,6 +220,9 @@ _MODULE_BUILDERS: dict[type, Callable[[nn.Module], nn.Module]] = {
     nnq.ELU: lambda m: _ThenQDQ(nn.ELU(m.alpha), m.scale, m.zero_point),
     nnq.LeakyReLU: lambda m: _ThenQDQ(nn.LeakyReLU(m.negative_slope), m.scale, m.zero_point),
     nnq.Sigmoid: lambda m: _ThenQDQ(nn.Sigmoid(), m.output_scale, m.output_zero_point),
+    nn.AdaptiveAvgPool1d: _global_mean,
+    nn.AdaptiveAvgPool2d: _global_mean,
+    nn.AdaptiveAvgPool3d: _global_mean,
     nnq.MaxPool2d: lambda m: nn.MaxPool2d(
         m.kernel_size, m.stride, m.padding, m.dilation, ceil_mode=m.ceil_mode
     ),
@@ -244,6 +262,7 @@ _FX_FUNCTIONAL: dict[str, tuple[Callable[..., torch.Tensor], int]] = {
     "mul_scalar": (operator.mul, 2),
     "hardswish": (F.hardswish, 1),
     "matmul": (torch.matmul, 2),
+    "cat": (lambda tensors, dim: torch.cat(tensors, dim), 2),
 }
 # quantized op name -> float function of the op's own (args, kwargs); output qparams read by name
 # (output_scale / output_zero_point). Filled by export/float_ops.py.
@@ -330,6 +349,7 @@ def to_reference(int8_model: nn.Module) -> nn.Module:
     """
     reference = copy.deepcopy(int8_model).eval()
     if isinstance(reference, fx.GraphModule):
+        requantize_fixed_qparams_ops(reference, lambda s, zp: FixedQDQ(s, zp, torch.quint8))
         _rewrite_fx_graph(reference)
     _swap_modules(reference)
     top = _reference_of(reference)

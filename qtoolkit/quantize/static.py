@@ -39,6 +39,7 @@ from qtoolkit.quantize.canonical import (
     unshare_pool_observers,
 )
 from qtoolkit.quantize.float_ops import float_in_onnx
+from qtoolkit.quantize.int8_rules import apply_int8_rules, modules_on_int8
 from qtoolkit.quantize.kernel_check import verify_int8_kernels
 from qtoolkit.quantize.qconfig import ObserverSpec, build_qconfig
 from qtoolkit.quantize.traceability import fx_error_message
@@ -71,6 +72,7 @@ class StaticQuantConfig(QuantConfig):
     canonicalize: bool = True  # FX: functional conv/linear on own parameters -> leaf modules
     clamp_aware: bool = True  # FX: observers feeding ReLU6/Hardtanh/ReLU observe the clamped value
     pool_own_qparams: bool = True  # FX: global average pools run in float; their output gets own qparams
+    int8_rules: bool = True  # FX: SiLU as x·sigmoid(x) and chunk/split on INT8 (quantize/int8_rules.py)
 
     def validate(self) -> None:
         if not isinstance(self.observers, ObserverSpec):
@@ -225,9 +227,14 @@ def quantize_static(
             if config.canonicalize:
                 rules["int8_padding"] = run_grid_ops_on_int8(int8_model)
             rules["pool_own_qparams"] = requantize_pools(int8_model, pool_observers)
+            if config.int8_rules:
+                rules.update(apply_int8_rules(int8_model))
     first = next(iter(checked_batches(calibration)))
     verify_int8_kernels(int8_model.eval(), first[:4], config.backend)  # refuses broken engines
-    leftovers = sorted(set(kept) | set(_float_leftovers(int8_model)))
+    on_int8 = modules_on_int8(int8_model)  # e.g. nn.Sigmoid applied to a quantized tensor
+    leftovers = sorted(
+        set(kept) | {m for m in _float_leftovers(int8_model) if m.split(" ")[0] not in on_int8}
+    )
     float_ops = float_in_onnx(int8_model, rules.get("float_softmax", []))
     if leftovers or float_ops:
         said = [f"kept in float (not quantized): {', '.join(leftovers)}"] if leftovers else []

@@ -1,0 +1,135 @@
+"""Keep grid-preserving ops of a QDQ graph on the INT8 grid, so onnxruntime fuses across them.
+
+torch's INT8 model runs ``cat``, ``chunk``/``split``, slicing, max-pooling and reshapes directly on
+quantized tensors: their outputs carry the input's (scale, zero point) and no requantize is
+needed. The float reference (``qtoolkit.export.reference``) drops torch's ``dequantize`` nodes, so
+in the exported graph these ops read a DequantizeLinear but write a plain float tensor. The next
+Conv then sees a float input and stays a float Conv, and onnxruntime wraps every such island in
+NCHW<->NHWC Transposes (squeezenet1_1: 8 of 26 Convs float, 24 Transposes).
+
+:func:`requantize_grid_ops` gives each such output a QuantizeLinear/DequantizeLinear pair with the
+input's qparams. It is exact: every value of ``op(DQ(q))`` already lies on the grid
+``(k - zp) * scale`` of the input (max, copies, concatenation of tensors on one grid), so
+``DQ(Q(y)) = y``; the pair only tells onnxruntime that the tensor is INT8 (QLinearConcat,
+NhwcMaxPool, integer Split/Reshape/Transpose) and lets the next Conv become a QLinearConv.
+
+* single-input ops (``SINGLE_INPUT_OPS``): the input comes from a per-tensor DequantizeLinear;
+  every output (Split has several) gets the pair;
+* ``Concat``: all inputs come from DequantizeLinears with equal scalar qparams (torch.ao shares
+  one observer among ``cat``'s inputs), and the output gets the pair.
+
+Nodes are visited in topological order, so chains (Concat -> MaxPool -> Concat) are handled in
+one pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from qtoolkit.export.qdq_passes import PASSTHROUGH_OPS, _dequantize_params, _unique
+
+# Ops with one data input whose INT8 outputs keep that input's qparams (copies, max, reshapes).
+SINGLE_INPUT_OPS = PASSTHROUGH_OPS | {
+    "Split",
+    "Slice",
+    "Expand",
+    "Tile",
+    "Gather",
+    "DepthToSpace",
+    "SpaceToDepth",
+}
+MULTI_INPUT_OPS = frozenset({"Concat"})
+
+
+def _grid_of(value: ir.Value | None) -> tuple[ir.Node, float, int] | None:
+    """(DequantizeLinear node, scale, zero point) when ``value`` is read through a per-tensor DQ."""
+    params = _dequantize_params(value)
+    if params is None or params[0].size != 1:
+        return None
+    return value.producer(), float(params[0].reshape(())), int(params[1].reshape(()))
+
+
+def _common_grid(node: ir.Node) -> ir.Node | None:
+    """The DequantizeLinear whose qparams every data input of ``node`` shares, or None."""
+    if node.op_type in MULTI_INPUT_OPS:
+        grids = [_grid_of(value) for value in node.inputs]
+        if not grids or any(g is None for g in grids):
+            return None
+        first = grids[0]
+        same = all(g[1] == first[1] and g[2] == first[2] for g in grids)
+        dtypes = {np.dtype(_dequantize_params(v)[1].dtype) for v in node.inputs}
+        return first[0] if same and len(dtypes) == 1 else None
+    grid = _grid_of(node.inputs[0]) if node.inputs else None
+    return grid[0] if grid is not None else None
+
+
+def _requantize_output(graph: ir.Graph, node: ir.Node, output: ir.Value, dq_source: ir.Node) -> bool:
+    consumers = list(output.consumers())
+    if not consumers or output.is_graph_output() or all(c.op_type == "QuantizeLinear" for c in consumers):
+        return False
+    scale_value, zero_value = dq_source.inputs[1], dq_source.inputs[2]
+    q = ir.node(
+        "QuantizeLinear", [output, scale_value, zero_value], name=_unique(graph, f"{output.name}_grid_q")
+    )
+    dq = ir.node("DequantizeLinear", [q.outputs[0], scale_value, zero_value], name=f"{q.name}_dq")
+    graph.insert_after(node, [q, dq])
+    for consumer in consumers:
+        for index, value in enumerate(consumer.inputs):
+            if value is output:
+                consumer.replace_input_with(index, dq.outputs[0])
+    return True
+
+
+def requantize_grid_ops(model: ir.Model) -> int:
+    """Put the outputs of grid-preserving ops back on their input's grid (module docstring)."""
+    graph, count = model.graph, 0
+    for node in list(graph):
+        if node.domain not in ("", "ai.onnx") or node.op_type not in SINGLE_INPUT_OPS | MULTI_INPUT_OPS:
+            continue
+        source = _common_grid(node)
+        if source is None:
+            continue
+        for output in node.outputs:
+            count += _requantize_output(graph, node, output, source)
+    return count
+
+
+_TAIL_SHAPE_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+
+
+def drop_output_round_trip(model: ir.Model) -> int:
+    """Remove ``pool -> Q -> DQ -> [reshapes] -> graph output`` round trips after an averaging op.
+
+    ``requantize_passthrough`` puts an averaging op's output back on its input grid; when that
+    output only flows to the graph output (the last global pool of a conv-only classifier), the
+    pair just rounds the logits. torch's FX INT8 model hands that pool's float result back
+    (``qtoolkit.quantize.int8_rules.float_output_tail``), and so does onnxruntime's quantizer.
+    """
+    graph, count = model.graph, 0
+    for q in list(graph):
+        if q.op_type != "QuantizeLinear" or q.inputs[0] is None:
+            continue
+        producer = q.inputs[0].producer()
+        if producer is None or producer.op_type not in {"AveragePool", "GlobalAveragePool", "ReduceMean"}:
+            continue
+        users = list(q.outputs[0].consumers())
+        if len(users) != 1 or users[0].op_type != "DequantizeLinear":
+            continue
+        dq, value, ends_in_output = users[0], users[0].outputs[0], False
+        while True:  # follow single-consumer reshapes down to a graph output
+            consumers = list(value.consumers())
+            if value.is_graph_output():
+                ends_in_output = not consumers
+                break
+            if len(consumers) != 1 or consumers[0].op_type not in _TAIL_SHAPE_OPS:
+                break
+            value = consumers[0].outputs[0]
+        if not ends_in_output:
+            continue
+        if dq.outputs[0].is_graph_output():
+            continue  # renaming a graph output is not worth it for one pair
+        dq.outputs[0].replace_all_uses_with(q.inputs[0])
+        graph.remove([dq, q], safe=True)
+        count += 1
+    return count

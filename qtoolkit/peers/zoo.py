@@ -1,0 +1,284 @@
+"""``qtk zoo``: torchvision classifiers a user might bring, through the public API, beside onnxruntime's
+own quantizer.
+
+For each model (random init; BatchNorm statistics warmed up on random data in train mode, as a
+trained network has them): ``quantize_model(model, StaticQuantConfig(), calibration=…)`` and
+``export_int8_onnx`` (qtoolkit), ``quantize_static`` (QDQ, per-channel, MinMax, u8 activations) of
+the same FP32 ONNX with the same calibration batches (onnxruntime), then
+
+* parity of qtoolkit's INT8 ONNX with torch's INT8 model (top-1 agreement, worst |Δlogit|) on
+  ``parity_samples`` random inputs. Every op qtoolkit quantizes beyond torch.ao's defaults
+  (``qtoolkit.quantize.int8_rules``) is rewritten into torch's own INT8 kernels, so torch's
+  converted model is the reference for every op;
+* the graph onnxruntime runs (:mod:`qtoolkit.evaluate.graph_quality`): float compute ops,
+  DequantizeLinear nodes and layout Transposes, qtoolkit's and onnxruntime's quantizer's;
+* size ratio FP32 / INT8 and latency of FP32 ONNX, qtoolkit INT8, ORT INT8 in interleaved rounds
+  at each batch size; ratios are medians of per-round ratios (paired: a slow phase of the host
+  hits all three alike).
+
+A model that fails anywhere gets a row with the reason (the error's first line), not a crash.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qtoolkit.evaluate.graph_quality import float_op_names, graph_quality, optimized_op_counts
+from qtoolkit.evaluate.latency import best_of_rounds, interleaved_latency, paired_ratio
+from qtoolkit.evaluate.parity import check_parity
+from qtoolkit.export import export_int8_onnx, export_onnx
+from qtoolkit.peers.ort_quantizer import ort_quantize_static
+from qtoolkit.quantize import StaticQuantConfig, quantize
+from qtoolkit.report.environment import collect_environment
+from qtoolkit.runtime.ort import make_session, model_size_mb, ort_call
+
+ZOO_MODELS = (
+    "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "googlenet", "squeezenet1_1",
+    "shufflenet_v2_x1_0", "densenet121", "convnext_tiny", "vit_b_16", "swin_t",
+)  # fmt: skip
+# torchvision builder keywords for random-init models that differ from the defaults.
+_BUILD_KWARGS: dict[str, dict[str, Any]] = {
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+}
+VARIANTS = ("fp32_onnx", "qtoolkit_int8", "ort_int8")
+
+
+def build_torchvision(name: str, image_size: int = 224, warmup_batches: int = 2, seed: int = 0) -> nn.Module:
+    """torchvision classifier ``name`` with random weights and BatchNorm statistics of random data."""
+    import torchvision
+
+    from qtoolkit.errors import QtkError
+
+    try:
+        builder = torchvision.models.get_model_builder(name)
+    except ValueError as error:
+        raise QtkError(f"{name} is not a torchvision model; see torchvision.models.list_models()") from error
+    torch.manual_seed(seed)
+    model = builder(weights=None, **_BUILD_KWARGS.get(name, {})).train()
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # running means/vars of real activations, so folded biases are non-trivial
+        for _ in range(warmup_batches):
+            model(torch.randn(4, 3, image_size, image_size, generator=generator))
+    return model.eval()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
+
+
+def _step(row: dict[str, Any], key: str, fn: Callable[[], Any]) -> Any:
+    """Run ``fn``; on failure record why under ``row['errors'][key]`` and return None."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fn()
+    except Exception as error:  # one failing model must not end the table
+        row.setdefault("errors", {})[key] = _first_line(error)
+        row.setdefault("tracebacks", {})[key] = traceback.format_exc(limit=4)
+        return None
+
+
+def zoo_row(
+    name: str,
+    *,
+    image_size: int = 224,
+    batch_sizes: Sequence[int] = (1, 8),
+    threads: int = 2,
+    rounds: int = 3,
+    repeats: int = 20,
+    warmup: int = 3,
+    calibration_batches: int = 4,
+    parity_samples: int = 64,
+    config: StaticQuantConfig | None = None,
+    work_dir: Path | None = None,
+) -> dict[str, Any]:
+    """One model's row (see module docstring); JSON-able."""
+    row: dict[str, Any] = {"model": name}
+    generator = torch.Generator().manual_seed(2)
+    calibration = [
+        torch.randn(4, 3, image_size, image_size, generator=generator) for _ in range(calibration_batches)
+    ]
+    example = calibration[0][:1]
+    model = _step(row, "build", lambda: build_torchvision(name, image_size))
+    if model is None:
+        return row
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(work_dir or tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {key: out / f"{name}_{key}.onnx" for key in VARIANTS}
+        quantized = _step(
+            row,
+            "qtoolkit",
+            lambda: quantize(
+                model, config or StaticQuantConfig(), calibration=calibration, example_input=example
+            ),
+        )
+        if quantized is not None:
+            row["float_modules"] = quantized.details.get("float_modules", [])
+            _step(
+                row,
+                "qtoolkit",
+                lambda: export_int8_onnx(quantized.int8_model, example, paths["qtoolkit_int8"]),
+            )
+        if _step(row, "fp32_export", lambda: export_onnx(model, example, paths["fp32_onnx"])) is not None:
+            _step(
+                row,
+                "ort",
+                lambda: ort_quantize_static(
+                    paths["fp32_onnx"], paths["ort_int8"], [b.numpy() for b in calibration], "input"
+                ),
+            )
+        ready = {key: path for key, path in paths.items() if path.is_file()}
+        row["exported"] = {key: key in ready for key in VARIANTS}
+        if quantized is not None and "qtoolkit_int8" in ready:
+            parity_batches = [
+                torch.randn(8, 3, image_size, image_size, generator=generator)
+                for _ in range(max(1, parity_samples // 8))
+            ]
+            row["parity"] = _step(
+                row,
+                "parity",
+                lambda: check_parity(quantized.int8_model, ready["qtoolkit_int8"], parity_batches, threads),
+            )
+            row["parity_reference"] = (
+                "torch INT8 (torch.ao convert + qtoolkit INT8 rules, torch's own kernels)"
+            )
+        row["sizes_mb"] = {key: round(model_size_mb(path), 3) for key, path in ready.items()}
+        if "fp32_onnx" in ready:
+            row["size_ratio"] = {
+                key: round(row["sizes_mb"]["fp32_onnx"] / row["sizes_mb"][key], 2)
+                for key in ready
+                if key != "fp32_onnx"
+            }
+        row["optimized_ops"] = {
+            key: optimized_op_counts(path) for key, path in ready.items() if key != "fp32_onnx"
+        }
+        row["graph_quality"] = {key: graph_quality(c) for key, c in row["optimized_ops"].items()}
+        row["float_ops"] = {key: float_op_names(c) for key, c in row["optimized_ops"].items()}
+        _step(
+            row,
+            "latency",
+            lambda: _time(row, ready, image_size, batch_sizes, threads, rounds, repeats, warmup),
+        )
+    return row
+
+
+def _time(
+    row: dict[str, Any],
+    paths: dict[str, Path],
+    image_size: int,
+    batch_sizes: Sequence[int],
+    threads: int,
+    rounds: int,
+    repeats: int,
+    warmup: int,
+) -> None:
+    sessions = {key: make_session(path, threads) for key, path in paths.items()}
+    generator = torch.Generator().manual_seed(3)
+    row["latency_ms"], row["latency_ms_per_round"], row["ratios"] = {}, {}, {}
+    for batch_size in batch_sizes:
+        x = torch.randn(batch_size, 3, image_size, image_size, generator=generator)
+        calls = {key: ort_call(session, x) for key, session in sessions.items()}
+        per_round = interleaved_latency(calls, rounds=rounds, warmup=warmup, repeats=repeats)
+        key = str(batch_size)
+        row["latency_ms"][key] = {k: round(v, 3) for k, v in best_of_rounds(per_round).items()}
+        row["latency_ms_per_round"][key] = per_round
+        ratios = {}
+        if {"qtoolkit_int8", "ort_int8"} <= per_round.keys():
+            ratios["qtoolkit_over_ort"] = paired_ratio(per_round, "qtoolkit_int8", "ort_int8")
+        if {"fp32_onnx", "qtoolkit_int8"} <= per_round.keys():
+            ratios["fp32_over_qtoolkit"] = paired_ratio(per_round, "fp32_onnx", "qtoolkit_int8")
+        if {"fp32_onnx", "ort_int8"} <= per_round.keys():
+            ratios["fp32_over_ort"] = paired_ratio(per_round, "fp32_onnx", "ort_int8")
+        row["ratios"][key] = ratios
+
+
+def run_zoo(
+    models: Sequence[str] = ZOO_MODELS,
+    *,
+    threads: int = 2,
+    progress: Callable[[str], None] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Every model's row plus the environment (machine, versions, threads) they were measured in."""
+    torch.set_num_threads(threads)
+    rows = []
+    for name in models:
+        if progress is not None:
+            progress(name)
+        rows.append(zoo_row(name, threads=threads, **options))
+    return {
+        "rows": rows,
+        "options": {"threads": threads, **options},
+        "environment": collect_environment(threads),
+    }
+
+
+def _export_cell(row: dict[str, Any]) -> str:
+    errors = row.get("errors", {})
+    for key in ("build", "qtoolkit"):
+        if key in errors:
+            return f"**fails**: {errors[key]}"
+    return "ok" if row.get("exported", {}).get("qtoolkit_int8") else "**fails**"
+
+
+def _pair(row: dict[str, Any], key: str) -> str:
+    quality = row.get("graph_quality", {})
+    return "/".join(str(quality[v][key]) if v in quality else "–" for v in ("qtoolkit_int8", "ort_int8"))
+
+
+def _latency_cells(row: dict[str, Any], batch: str) -> list[str]:
+    ms, ratios = row.get("latency_ms", {}).get(batch), row.get("ratios", {}).get(batch, {})
+    if ms is None:
+        return ["–", "–", "–"]
+    times = " / ".join(f"{ms[v]:.1f}" if v in ms else "–" for v in VARIANTS)
+    cells = [times]
+    for key in ("qtoolkit_over_ort", "fp32_over_qtoolkit"):
+        cells.append(f"{ratios[key]['median']:.2f}×" if key in ratios else "–")
+    return cells
+
+
+def format_zoo(results: dict[str, Any]) -> str:
+    """One markdown table: export, parity, graph quality, size and latency ratios per model."""
+    env, options = results["environment"], results["options"]
+    batches = [str(b) for b in options.get("batch_sizes", (1, 8))]
+    header = ["model", "qtoolkit export", "parity top-1 / max Δlogit", "float ops qtk/ORT", "DQ qtk/ORT",
+              "layout qtk/ORT", "qtk float ops left", "size FP32/INT8"]  # fmt: skip
+    for b in batches:
+        header += [f"b{b} ms FP32 / qtk / ORT", f"b{b} qtk/ORT", f"b{b} FP32/qtk"]
+    lines = [
+        f"### zoo: {env['cpu']}, {env['threads']} threads, torch {env['torch']}, onnxruntime {env['onnxruntime']}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for row in results["rows"]:
+        parity = row.get("parity")
+        parity_cell = f"{100 * parity['agreement']:.1f}% / {parity['max_abs_diff']:.3g}" if parity else "–"
+        floats = row.get("float_ops", {}).get("qtoolkit_int8")
+        float_cell = (
+            ", ".join(f"{op} {n}" for op, n in floats.items()) or "none" if floats is not None else "–"
+        )
+        size = row.get("size_ratio", {}).get("qtoolkit_int8")
+        cells = [row["model"], _export_cell(row), parity_cell, _pair(row, "float_ops"), _pair(row, "dequantize"),
+                 _pair(row, "layout"), float_cell, f"{size:.2f}×" if size else "–"]  # fmt: skip
+        for b in batches:
+            cells += _latency_cells(row, b)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "float ops / DQ / layout: op counts of the graph onnxruntime runs (after its optimizer); "
+        f"latency: best of {options.get('rounds')} interleaved round medians (ms); ratios: median of "
+        "per-round ratios; parity: qtoolkit INT8 ONNX vs torch's INT8 model.",
+    ]
+    return "\n".join(lines) + "\n"

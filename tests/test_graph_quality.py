@@ -1,0 +1,102 @@
+"""Graph quality per model family: after onnxruntime's optimizer, qtoolkit's INT8 graph has no more
+float compute ops, DequantizeLinear nodes and layout Transposes than onnxruntime's own
+``quantize_static`` (QDQ, per-channel, MinMax) gives on the same FP32 ONNX, and fuses the same
+integer kernels. Small nets built from torchvision's own blocks, 32x32 inputs: a regression in
+Q/DQ placement shows up as op counts, without timing anything.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.efficientnet import MBConv, MBConvConfig
+from torchvision.models.googlenet import Inception
+from torchvision.models.mobilenetv3 import InvertedResidual as V3Block
+from torchvision.models.mobilenetv3 import InvertedResidualConfig
+from torchvision.models.shufflenetv2 import InvertedResidual as ShuffleUnit
+from torchvision.models.squeezenet import Fire
+
+import qtoolkit
+from qtoolkit.evaluate.graph_quality import graph_quality, optimized_op_counts
+from qtoolkit.peers.ort_quantizer import ort_quantize_static
+
+
+def _stem(channels: int, act: type[nn.Module] = nn.ReLU) -> list[nn.Module]:
+    return [nn.Conv2d(3, channels, 3, padding=1), nn.BatchNorm2d(channels), act()]
+
+
+def _head(channels: int) -> list[nn.Module]:
+    return [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10)]
+
+
+FAMILIES = {  # name -> (builder, integer kernels both graphs must have)
+    "squeezenet_fire": (
+        lambda: nn.Sequential(*_stem(16), Fire(16, 8, 16, 16), nn.MaxPool2d(3, 2, ceil_mode=True),
+                              Fire(32, 8, 16, 16), nn.Conv2d(32, 10, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+        {"QLinearConcat": 2, "NhwcMaxPool": 1},
+    ),
+    "googlenet_inception": (
+        lambda: nn.Sequential(*_stem(16), nn.MaxPool2d(3, 2, ceil_mode=True), Inception(16, 8, 8, 16, 4, 8, 8),
+                              Inception(40, 8, 8, 16, 4, 8, 8), *_head(40)),
+        {"QLinearConcat": 2, "NhwcMaxPool": 3},
+    ),
+    "shufflenet_unit": (
+        lambda: nn.Sequential(*_stem(16), ShuffleUnit(16, 32, 2), ShuffleUnit(32, 32, 1), *_head(32)),
+        {"QLinearConcat": 2, "Split": 1},
+    ),
+    "efficientnet_mbconv_se_silu": (
+        lambda: nn.Sequential(*_stem(16, nn.SiLU), MBConv(MBConvConfig(4, 3, 1, 16, 16, 1), 0.2, nn.BatchNorm2d),
+                              MBConv(MBConvConfig(4, 3, 2, 16, 24, 1), 0.0, nn.BatchNorm2d), *_head(24)),
+        {"QLinearSigmoid": 9, "QLinearMul": 9, "QLinearAdd": 1},
+    ),
+    "mobilenetv3_hardswish_se": (
+        lambda: nn.Sequential(*_stem(16, nn.Hardswish),
+                              V3Block(InvertedResidualConfig(16, 3, 64, 24, True, "HS", 1, 1, 1.0), nn.BatchNorm2d),
+                              V3Block(InvertedResidualConfig(24, 3, 72, 24, True, "RE", 1, 1, 1.0), nn.BatchNorm2d),
+                              *_head(24)),
+        {"QLinearMul": 5, "QLinearAdd": 1},
+    ),
+}  # fmt: skip
+
+
+def _build(name: str) -> tuple[nn.Module, list[torch.Tensor]]:
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(1)
+    model = FAMILIES[name][0]().train()
+    with torch.no_grad():  # BatchNorm statistics of random data, as a user's warmed-up model has
+        for _ in range(3):
+            model(torch.randn(8, 3, 32, 32, generator=generator))
+    return model.eval(), [torch.randn(8, 3, 32, 32, generator=generator) for _ in range(3)]
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_optimized_graph_no_worse_than_ort_quantizer(name: str, tmp_path) -> None:
+    model, calibration = _build(name)
+    example = calibration[0][:1]
+    config = qtoolkit.StaticQuantConfig(observers=qtoolkit.ObserverSpec(activation="minmax"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = qtoolkit.quantize_model(model, config, calibration=calibration, example_input=example)
+    int8 = result.int8_model
+    assert result.details["float_modules"] == []  # SiLU, Hardswish, sigmoid gates: all run on INT8
+    qtoolkit.export_onnx(model, example, tmp_path / "fp32.onnx")
+    qtoolkit.export_int8_onnx(int8, example, tmp_path / "int8.onnx")
+    ort_quantize_static(
+        tmp_path / "fp32.onnx", tmp_path / "ort.onnx", [b.numpy() for b in calibration], "input"
+    )
+
+    ours, peer = optimized_op_counts(tmp_path / "int8.onnx"), optimized_op_counts(tmp_path / "ort.onnx")
+    mine, theirs = graph_quality(ours), graph_quality(peer)
+    for key in ("float_ops", "dequantize", "layout"):
+        assert mine[key] <= theirs[key], f"{name}: {key} {mine[key]} > ORT's {theirs[key]}\n{ours}\n{peer}"
+    assert ours.get("QLinearConv", 0) >= peer.get("QLinearConv", 0) > 0, (ours, peer)
+    for op, count in FAMILIES[name][1].items():
+        assert ours.get(op, 0) >= count and peer.get(op, 0) >= count, (op, ours, peer)
+
+    parity = qtoolkit.check_parity(
+        int8, tmp_path / "int8.onnx", [torch.randn(16, 3, 32, 32) for _ in range(2)]
+    )
+    assert parity["agreement"] >= 0.98, parity  # torch's INT8 model runs every rewritten op itself

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qtoolkit.export.qdq_passes import PASSTHROUGH_OPS, _dequantize_params, _unique
+from qtoolkit.export.qdq_passes import PASSTHROUGH_OPS, _dequantize_params, requantize_output
 
 # Ops with one data input whose INT8 outputs keep that input's qparams (copies, max, reshapes).
 SINGLE_INPUT_OPS = PASSTHROUGH_OPS | {
@@ -64,23 +64,6 @@ def _common_grid(node: ir.Node) -> ir.Node | None:
     return grid[0] if grid is not None else None
 
 
-def _requantize_output(graph: ir.Graph, node: ir.Node, output: ir.Value, dq_source: ir.Node) -> bool:
-    consumers = list(output.consumers())
-    if not consumers or output.is_graph_output() or all(c.op_type == "QuantizeLinear" for c in consumers):
-        return False
-    scale_value, zero_value = dq_source.inputs[1], dq_source.inputs[2]
-    q = ir.node(
-        "QuantizeLinear", [output, scale_value, zero_value], name=_unique(graph, f"{output.name}_grid_q")
-    )
-    dq = ir.node("DequantizeLinear", [q.outputs[0], scale_value, zero_value], name=f"{q.name}_dq")
-    graph.insert_after(node, [q, dq])
-    for consumer in consumers:
-        for index, value in enumerate(consumer.inputs):
-            if value is output:
-                consumer.replace_input_with(index, dq.outputs[0])
-    return True
-
-
 def requantize_grid_ops(model: ir.Model) -> int:
     """Put the outputs of grid-preserving ops back on their input's grid (module docstring)."""
     graph, count = model.graph, 0
@@ -91,7 +74,7 @@ def requantize_grid_ops(model: ir.Model) -> int:
         if source is None:
             continue
         for output in node.outputs:
-            count += _requantize_output(graph, node, output, source)
+            count += requantize_output(graph, node, output, source)
     return count
 
 

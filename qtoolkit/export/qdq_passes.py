@@ -140,6 +140,25 @@ def drop_redundant_clips(model: ir.Model) -> int:
     return count
 
 
+def requantize_output(graph: ir.Graph, node: ir.Node, output: ir.Value, dq_source: ir.Node) -> bool:
+    """Put ``output`` of ``node`` on the grid of DequantizeLinear ``dq_source`` (a Q/DQ pair with its
+    scale and zero point) unless nothing reads it, it is a graph output or only QuantizeLinear reads it."""
+    consumers = list(output.consumers())
+    if not consumers or output.is_graph_output() or all(c.op_type == "QuantizeLinear" for c in consumers):
+        return False
+    scale_value, zero_value = dq_source.inputs[1], dq_source.inputs[2]
+    q = ir.node(
+        "QuantizeLinear", [output, scale_value, zero_value], name=_unique(graph, f"{output.name}_grid_q")
+    )
+    dq = ir.node("DequantizeLinear", [q.outputs[0], scale_value, zero_value], name=f"{q.name}_dq")
+    graph.insert_after(node, [q, dq])
+    for consumer in consumers:
+        for index, value in enumerate(consumer.inputs):
+            if value is output:
+                consumer.replace_input_with(index, dq.outputs[0])
+    return True
+
+
 def requantize_passthrough(model: ir.Model) -> int:
     """Give grid-preserving ops a Q/DQ (input qparams) on their output when nothing quantizes it."""
     graph, count = model.graph, 0
@@ -149,22 +168,7 @@ def requantize_passthrough(model: ir.Model) -> int:
         params = _dequantize_params(node.inputs[0])
         if params is None or params[0].size != 1:
             continue
-        output = node.outputs[0]
-        consumers = list(output.consumers())
-        if not consumers or all(c.op_type == "QuantizeLinear" for c in consumers) or output.is_graph_output():
-            continue
-        dq_node = node.inputs[0].producer()
-        scale_value, zero_value = dq_node.inputs[1], dq_node.inputs[2]
-        q = ir.node(
-            "QuantizeLinear", [output, scale_value, zero_value], name=_unique(graph, f"{node.name}_q")
-        )
-        dq = ir.node("DequantizeLinear", [q.outputs[0], scale_value, zero_value], name=f"{q.name}_dq")
-        graph.insert_after(node, [q, dq])
-        for consumer in consumers:
-            for index, value in enumerate(consumer.inputs):
-                if value is output:
-                    consumer.replace_input_with(index, dq.outputs[0])
-        count += 1
+        count += requantize_output(graph, node, node.outputs[0], node.inputs[0].producer())
     return count
 
 

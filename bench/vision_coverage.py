@@ -26,29 +26,19 @@ from pathlib import Path
 
 import onnx
 import torch
-import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import qtoolkit as qtk
 from qtoolkit.atomic import write_text_atomic
+from qtoolkit.peers.zoo import build_torchvision
 
 DEFAULT_MODELS = ("densenet121", "convnext_tiny", "vit_b_16", "swin_t")
 
 
 def warmed_model(name: str, size: int, seed: int = 0) -> torch.nn.Module:
-    """torchvision ``name`` with random weights (zero-initialised Linear layers drawn too) and BN
-    running statistics from random batches."""
-    torch.manual_seed(seed)
-    model = torchvision.models.get_model(name, weights=None)
-    for module in model.modules():  # ViT zero-inits its head: constant logits would hide any mismatch
-        if isinstance(module, torch.nn.Linear) and not module.weight.any():
-            torch.nn.init.normal_(module.weight, std=0.01)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(8, 3, size, size))
-    return model.eval()
+    """The zoo's torchvision ``name`` (random weights, BN statistics of random batches) at ``size``."""
+    return build_torchvision(name, image_size=size, warmup_batches=3, seed=seed)
 
 
 def cover(name: str, out: Path, size: int, calibration_batches: int, samples: int) -> dict[str, object]:

@@ -53,7 +53,8 @@ VARIANTS = ("fp32_onnx", "qtoolkit_int8", "ort_int8")
 
 
 def build_torchvision(name: str, image_size: int = 224, warmup_batches: int = 2, seed: int = 0) -> nn.Module:
-    """torchvision classifier ``name`` with random weights and BatchNorm statistics of random data."""
+    """torchvision classifier ``name`` with random weights (zero-initialised Linear layers drawn too)
+    and BatchNorm statistics of random data."""
     import torchvision
 
     from qtoolkit.errors import QtkError
@@ -64,6 +65,9 @@ def build_torchvision(name: str, image_size: int = 224, warmup_batches: int = 2,
         raise QtkError(f"{name} is not a torchvision model; see torchvision.models.list_models()") from error
     torch.manual_seed(seed)
     model = builder(weights=None, **_BUILD_KWARGS.get(name, {})).train()
+    for module in model.modules():  # ViT zero-inits its head: constant logits would hide any mismatch
+        if isinstance(module, nn.Linear) and not module.weight.any():
+            nn.init.normal_(module.weight, std=0.01)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # running means/vars of real activations, so folded biases are non-trivial
         for _ in range(warmup_batches):

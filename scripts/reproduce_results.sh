@@ -13,3 +13,9 @@ qtk bench --model resnet18 --batch-sizes 1 8 --repeats 30 --json runs/bench_resn
 python bench/bert_dynamic.py --out runs/bert_dynamic --compare-sdpa
 python bench/bert_dynamic.py --out runs/bert_per_tensor --per-tensor
 qtk compare-ort recipes/efficientnet_lite2_photos_static.yaml --work-dir runs/cmp --json runs/cmp.json
+qtk run recipes/lstm_rotten_tomatoes_dynamic.yaml --out runs/lstm || true
+qtk run recipes/gru_rotten_tomatoes_dynamic.yaml --out runs/gru || true
+python bench/rnn_dynamic.py --threads 2 --out runs/rnn_dynamic
+python bench/rnn_dynamic.py --threads 2 --subjects recipe-lstm anchor-lstm --per-tensor --out runs/rnn_dynamic_per_tensor
+qtk zoo --rounds 3 --repeats 10 --threads 2 --out runs/zoo
+qtk zoo --models regnet_x_400mf mnasnet0_5 --rounds 2 --repeats 5 --out runs/zoo_unseen

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from qtoolkit.cache import cache_key
+from qtoolkit.configs import baseline_train_config
 from qtoolkit.data.text import TextDataset, TextSplits, stratified_split
 from qtoolkit.deploy import write_deploy_dir
 from qtoolkit.deploy.predict import TextEncoder
@@ -36,7 +37,7 @@ from qtoolkit.models.weights import load_weights
 from qtoolkit.recipe import Recipe
 from qtoolkit.tasks.base import PreparedTask
 from qtoolkit.tasks.text_classification import _batches, _full_length_input, _load, _tensors
-from qtoolkit.train import TrainConfig, fit
+from qtoolkit.train import fit
 from qtoolkit.train.baselines import bert_collate, cached_fit
 from qtoolkit.train.engine import TrainResult
 
@@ -82,7 +83,7 @@ def rnn_baseline(
         "pad_id": pad_id,
         **spec.options,
     }
-    train_config = TrainConfig(**asdict(recipe.train))
+    train_config = baseline_train_config(recipe)
     determining = {
         "model": spec.name,
         "options": base,

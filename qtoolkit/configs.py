@@ -34,9 +34,11 @@ from qtoolkit.recipe import Recipe
 from qtoolkit.tasks.base import PreparedTask
 from qtoolkit.train import TrainConfig
 from qtoolkit.train.baselines import FineTuneConfig
+from qtoolkit.train.optim import require_optimizer
 
 __all__ = [
     "baseline_train_config",
+    "check_training",
     "dynamic_config",
     "fine_tune_config",
     "qat_config",
@@ -103,6 +105,15 @@ def qat_config(recipe: Recipe) -> QATConfig:
         )
 
 
+def check_training(recipe: Recipe) -> None:
+    """Refuse an unknown or uninstalled optimizer (``train`` and ``quantize.qat``) before any work,
+    so a run that cannot train writes nothing (not even a cached baseline)."""
+    names = {recipe.train.optimizer, recipe.quantize.qat.optimizer or recipe.train.optimizer}
+    with _in_recipe(recipe):
+        for name in sorted(names):
+            require_optimizer(name)
+
+
 def baseline_train_config(recipe: Recipe) -> TrainConfig:
     """The FP32 baseline's training: the recipe's ``train`` section, key for key."""
     return TrainConfig(**asdict(recipe.train))
@@ -123,17 +134,20 @@ def fine_tune_config(recipe: Recipe, max_length: int) -> FineTuneConfig:
         grad_clip=train.grad_clip,
         seed=train.seed,
         device=train.device,
+        optimizer=train.optimizer,
     )
 
 
 def qat_train_config(recipe: Recipe) -> TrainConfig:
-    """QAT fine-tuning: ``train`` with epochs, steps, lr, precision and device from ``quantize.qat``."""
+    """QAT fine-tuning: ``train`` with epochs, steps, lr, precision, device and (when set) optimizer
+    from ``quantize.qat``."""
     qat = recipe.quantize.qat
     return replace(
         baseline_train_config(recipe),
         epochs=qat.epochs,
         max_steps=qat.max_steps,
         lr=qat.lr,
+        optimizer=qat.optimizer or recipe.train.optimizer,
         precision=qat.precision,
         device=qat.device,
         warmup_steps=0,

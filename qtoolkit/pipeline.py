@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from qtoolkit.cache import publish, staging_dir
-from qtoolkit.configs import quant_config, quant_inputs
+from qtoolkit.configs import check_training, quant_config, quant_inputs
 from qtoolkit.errors import QtkError
 from qtoolkit.evaluate.compare import LatencySettings, compare_variants
 from qtoolkit.export import export_int8_onnx, export_onnx, export_summary, onnx_op_counts
@@ -62,6 +62,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, cache_dir: str | Path | None
     when the run created it; one killed outright leaves its staging directory to the next run.
     """
     config = quant_config(recipe)
+    check_training(recipe)
     out_dir = Path(out_dir)
     created = _missing_dirs(out_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -76,6 +77,13 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, cache_dir: str | Path | None
     except BaseException:
         _remove_if_empty(created)
         raise
+
+
+def _train_section(task: PreparedTask, quantized: QuantizedModel) -> dict[str, Any]:
+    """Training runs behind this report (FP32 baseline or fine-tune, QAT): optimizer, state bytes,
+    peak memory, time per step; a cached baseline keeps the record of the run that trained it."""
+    runs = {"baseline": task.baseline_info.get("train"), "qat": quantized.details.get("train")}
+    return {name: run for name, run in runs.items() if run}
 
 
 def _export_evaluate_report(
@@ -106,6 +114,7 @@ def _export_evaluate_report(
         "data": task.data_info,
         "baseline": task.baseline_info,
         "quantization": {**quantized.details, "config": recipe.to_dict()["quantize"]},
+        "train": _train_section(task, quantized),
         "export": {"opset": recipe.export.opset, "passes": passes, "int8_ops": onnx_op_counts(int8_path)},
         "metrics": metrics,
         "parity": parity,

@@ -74,6 +74,7 @@ class QATSection:
     epochs: int = 1
     max_steps: int | None = None
     lr: float = 0.001
+    optimizer: str | None = None  # None: train.optimizer (sgd | adamw | adamw8bit)
     freeze_observers_after_epoch: int | None = None
     freeze_bn_after_epoch: int | None = None
     freeze_observers_after_step: int | None = None

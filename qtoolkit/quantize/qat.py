@@ -210,5 +210,6 @@ def _qat(
         "train_seconds": round(result.train.seconds, 1),
         "resumed_from": result.train.resumed_from,
         "precision": train_config.precision,
+        "train": result.train.summary(),  # optimizer, its state bytes, peak memory (report's train section)
     }
     return QuantizedModel(result.quantized, "qat", details)

@@ -67,6 +67,24 @@ def _noise_floor_line(report: dict[str, Any]) -> str:
     )
 
 
+def _mb(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / 1e6:.1f} MB"
+
+
+def _train_lines(report: dict[str, Any]) -> list[str]:
+    """One line per training run behind the report (baseline / fine-tune, QAT)."""
+    lines = []
+    for name, run in (report.get("train") or {}).items():
+        per_step = run.get("seconds_per_step")
+        lines.append(
+            f"- training ({name}): optimizer {run['optimizer']}, optimizer state "
+            f"{_mb(run['optimizer_state_bytes'])}, peak memory {_mb(run['peak_memory_bytes'])} "
+            f"({run['peak_memory_kind']}), {run['steps']} steps"
+            + (f", {1000 * per_step:.0f} ms/step" if per_step else "")
+        )
+    return lines
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     metrics = report["metrics"]
     fp32_size = metrics["fp32_onnx"]["size_mb"]
@@ -94,6 +112,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"{'pass' if checks_['accuracy_drop']['passed'] else 'FAIL'}",
         f"- size ratio FP32/INT8 ONNX: {fp32_size / metrics['int8_onnx']['size_mb']:.2f}×",
         _calibration_line(report["calibration"]),
+        *_train_lines(report),
         f"- {report['environment']['cpu']}, torch {report['environment']['torch']}, "
         f"onnxruntime {report['environment']['onnxruntime']}, flags {', '.join(report['environment']['cpu_flags'])}",
         "",

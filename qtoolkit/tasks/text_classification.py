@@ -8,6 +8,7 @@ The FP32 baseline is the recipe's fine-tune of a local Hugging Face directory (`
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -75,6 +76,12 @@ def _full_length_input(encoder: TextEncoder, vocab_size: int, seq: int):
     return make
 
 
+def _train_summary(model_dir: Path) -> dict | None:
+    """The fine-tune's training record (optimizer, state bytes, peak memory), saved with the entry."""
+    info = model_dir / "qtk_finetune.json"
+    return json.loads(info.read_text()).get("train") if info.is_file() else None
+
+
 @register_task("text-classification")
 def prepare_text_classification(recipe: Recipe, cache_dir: Path) -> PreparedTask:
     """Split, fine-tuned FP32 classifier and eval batches for a text-classification recipe."""
@@ -116,6 +123,7 @@ def prepare_text_classification(recipe: Recipe, cache_dir: Path) -> PreparedTask
             "source": "cache" if cached else "trained",
             "path": str(model_dir),
             "fine_tune": config.to_dict(),
+            "train": _train_summary(model_dir),
         },
         latency_input=_full_length_input(encoder, model.config.vocab_size, config.max_length),
         write_deploy=write_deploy,

@@ -111,7 +111,12 @@ def image_baseline(
 
     def save(model: nn.Module, tmp: Path, result: TrainResult) -> None:
         torch.save(model.state_dict(), tmp.with_suffix(".pt"))
-        meta = {"key": key, "trained_seconds": round(result.seconds, 1), "steps": result.global_step}
+        meta = {
+            "key": key,
+            "trained_seconds": round(result.seconds, 1),
+            "steps": result.global_step,
+            "train": result.summary(),
+        }
         tmp.write_text(json.dumps(meta, indent=2))
 
     def train_model(model: nn.Module) -> TrainResult:
@@ -145,17 +150,21 @@ class FineTuneConfig:
     grad_clip: float | None = 1.0
     seed: int = 0
     device: str = "auto"
+    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes, extra [lowmem]) | sgd
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["optimizer"] == "adamw":  # cache keys of fine-tunes from before the field stay valid
+            del data["optimizer"]
+        return data
 
     def train_config(self, dataset_size: int) -> TrainConfig:
-        """The engine's config: AdamW, linear schedule, enough epochs to reach ``steps``."""
+        """The engine's config: ``optimizer``, linear schedule, enough epochs to reach ``steps``."""
         return TrainConfig(
             epochs=max(1, -(-self.steps * self.batch_size // dataset_size)),
             max_steps=self.steps,
             lr=self.lr,
-            optimizer="adamw",
+            optimizer=self.optimizer,
             weight_decay=self.weight_decay,
             schedule="linear",
             warmup_steps=self.warmup_steps,
@@ -272,7 +281,12 @@ def fine_tune_cached(
         with quiet_transformers():
             model.save_pretrained(tmp)
         encoder.save(tmp)
-        info = {"base": str(model_dir), "split_sha256": split_sha, "config": config.to_dict()}
+        info = {
+            "base": str(model_dir),
+            "split_sha256": split_sha,
+            "config": config.to_dict(),
+            "train": result.summary(),  # optimizer, state bytes, peak memory: the report's train section
+        }
         (tmp / "qtk_finetune.json").write_text(json.dumps(info, indent=2))
 
     done = cached_fit(

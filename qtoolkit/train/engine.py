@@ -19,7 +19,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ from tqdm.auto import tqdm
 from qtoolkit.errors import QtkError
 from qtoolkit.runtime.torch_runner import resolve_device
 from qtoolkit.train import checkpoint as ckpt
+from qtoolkit.train.memory import PeakMemory
+from qtoolkit.train.optim import make_optimizer, optimizer_state_bytes, require_optimizer
 
 ForwardLoss = Callable[[nn.Module, Any, torch.device], tuple[torch.Tensor, torch.Tensor | None, Any]]
 
@@ -59,7 +61,7 @@ class TrainConfig:
     epochs: int = 1
     max_steps: int | None = None  # total optimizer steps cap (stops early when reached)
     lr: float = 0.1
-    optimizer: str = "sgd"  # sgd | adamw
+    optimizer: str = "sgd"  # a name in qtoolkit.train.optim.OPTIMIZERS: sgd | adamw | adamw8bit
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "cosine"  # cosine | linear | constant (per optimizer step)
@@ -75,8 +77,8 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest N kept on disk
 
     def validate(self) -> None:
+        require_optimizer(self.optimizer)  # registered, and its library installed
         choices = {
-            "optimizer": ("sgd", "adamw"),
             "schedule": ("cosine", "linear", "constant"),
             "device": ("auto", "cpu", "cuda"),
             "precision": ("none", "bf16", "fp16"),
@@ -103,6 +105,23 @@ class TrainResult:
     seconds: float
     checkpoint: str | None  # newest checkpoint written
     resumed_from: str | None
+    optimizer: str = ""
+    optimizer_state_bytes: int = 0  # tensors in the optimizer's state at the end (qtoolkit.train.optim)
+    peak_memory_bytes: int | None = None  # of the run (qtoolkit.train.memory.PeakMemory)
+    peak_memory_kind: str = ""  # cuda_max_memory_allocated | cpu_peak_rss_sampled | ...
+
+    def summary(self) -> dict[str, Any]:
+        """The record a report keeps: optimizer, its state size, peak memory, steps and time."""
+        return {
+            "optimizer": self.optimizer,
+            "optimizer_state_bytes": self.optimizer_state_bytes,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "peak_memory_kind": self.peak_memory_kind,
+            "steps": self.global_step,
+            "seconds": round(self.seconds, 2),
+            "seconds_per_step": round(self.seconds / self.global_step, 5) if self.global_step else None,
+            "resumed_from": self.resumed_from,
+        }
 
 
 class Callback:
@@ -143,17 +162,6 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     if schedule == "linear":
         return 1.0 - progress
     return 1.0
-
-
-def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise QtkError("model has no trainable parameters; unfreeze some before training")
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
@@ -223,9 +231,37 @@ def fit(
 
     ``forward_loss(model, batch, device) -> (loss, logits, labels)`` runs under autocast; logits and
     labels may be ``None`` (then no accuracy is shown). With ``resume=True`` the newest checkpoint in
-    ``checkpoint_dir`` is loaded (none there: start fresh).
+    ``checkpoint_dir`` is loaded (none there: start fresh). The result records the optimizer, the
+    bytes of its state and the peak memory of the run (:class:`qtoolkit.train.memory.PeakMemory`).
     """
     config.validate()
+    with PeakMemory(resolve_device(config.device)) as peak:
+        result = _fit(
+            model,
+            train_dataset,
+            config,
+            forward_loss=forward_loss,
+            collate_fn=collate_fn,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            callbacks=callbacks,
+            progress=progress,
+        )
+    return replace(result, peak_memory_bytes=peak.bytes, peak_memory_kind=peak.kind)
+
+
+def _fit(
+    model: nn.Module,
+    train_dataset: Dataset[Any],
+    config: TrainConfig,
+    *,
+    forward_loss: ForwardLoss | None = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    callbacks: Iterable[Callback] = (),
+    progress: bool = True,
+) -> TrainResult:
     forward_loss = forward_loss or default_forward_loss
     callbacks = list(callbacks)
     device = resolve_device(config.device)
@@ -241,7 +277,7 @@ def fit(
     if config.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
         model._qtk_channels_last = True  # type: ignore[assignment]
-    optimizer = _make_optimizer(model, config)
+    optimizer = make_optimizer(model, config.optimizer, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, config.warmup_steps, config.schedule)
     )
@@ -370,6 +406,8 @@ def fit(
         seconds=seconds,
         checkpoint=str(last_written) if last_written else (str(resumed_from) if resumed_from else None),
         resumed_from=str(resumed_from) if resumed_from else None,
+        optimizer=config.optimizer,
+        optimizer_state_bytes=optimizer_state_bytes(optimizer),
     )
 
 

@@ -1,8 +1,11 @@
-"""GPU check: ResNet-50 training throughput and peak memory for FP32, AMP-bf16 and QAT-AMP-bf16; prints JSON.
+"""GPU check: ResNet-50 training throughput and peak memory for FP32, AMP-bf16 and QAT-AMP-bf16, with SGD,
+AdamW and AdamW8bit (bitsandbytes, extra [lowmem]); prints JSON.
 
 Each mode trains ``--steps`` optimizer steps through ``qtoolkit.train.fit`` on random data that already
 lives on the device (one pre-built batch per step, so no host-to-device copy is measured);
-img/s = batch * timed steps / time of those steps, after ``--warmup`` untimed steps.
+img/s = batch * timed steps / time of those steps, after ``--warmup`` untimed steps. Each mode also
+reports the bytes of its optimizer state (``TrainResult.optimizer_state_bytes``); modes needing
+bitsandbytes are reported as skipped when it is not installed.
 
     python bench/gpu_qat_check.py                          # CUDA, batch 128, 224x224, channels_last
     python bench/gpu_qat_check.py --device cpu --batch-size 2 --steps 2 --image-size 64   # smoke test
@@ -21,15 +24,21 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from qtoolkit.errors import QtkError
 from qtoolkit.quantize.qat import QATConfig, prepare_qat_model
 from qtoolkit.report.environment import collect_environment
 from qtoolkit.train import Callback, TrainConfig, fit
+from qtoolkit.train.optim import require_optimizer
 
-MODES = {
-    "fp32": ("none", False),
-    "bf16": ("bf16", False),
-    "qat_fp32": ("none", True),
-    "qat_bf16": ("bf16", True),
+MODES = {  # name -> (precision, QAT, optimizer)
+    "fp32": ("none", False, "sgd"),
+    "bf16": ("bf16", False, "sgd"),
+    "bf16_adamw": ("bf16", False, "adamw"),
+    "bf16_adamw8bit": ("bf16", False, "adamw8bit"),
+    "qat_fp32": ("none", True, "sgd"),
+    "qat_bf16": ("bf16", True, "sgd"),
+    "qat_bf16_adamw": ("bf16", True, "adamw"),
+    "qat_bf16_adamw8bit": ("bf16", True, "adamw8bit"),
 }
 
 
@@ -63,7 +72,11 @@ class _Batches(torch.utils.data.Dataset):
 
 
 def run_mode(mode: str, args: argparse.Namespace, device: torch.device) -> dict:
-    precision, qat = MODES[mode]
+    precision, qat, optimizer = MODES[mode]
+    try:
+        require_optimizer(optimizer)
+    except QtkError as error:
+        return {"skipped": str(error)}
     torch.manual_seed(0)
     model = torchvision.models.quantization.resnet50(weights=None, quantize=False)
     if qat:
@@ -78,7 +91,8 @@ def run_mode(mode: str, args: argparse.Namespace, device: torch.device) -> dict:
     config = TrainConfig(
         max_steps=args.steps,
         batch_size=1,  # one dataset item is a whole batch
-        lr=0.01,
+        lr=0.01 if optimizer == "sgd" else 1e-4,
+        optimizer=optimizer,
         device=device.type,
         precision=precision,
         channels_last=args.channels_last,
@@ -103,6 +117,8 @@ def run_mode(mode: str, args: argparse.Namespace, device: torch.device) -> dict:
         "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         if device.type == "cuda"
         else None,
+        "optimizer": optimizer,
+        "optimizer_state_mib": round(result.optimizer_state_bytes / 2**20, 1),
         "final_loss": round(result.last_loss, 4),
     }
 
@@ -117,7 +133,11 @@ def main() -> int:
         "--warmup", type=int, default=8, help="untimed steps first (cuDNN autotune, allocator)"
     )
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--modes", default="fp32,bf16,qat_bf16", help=f"comma list of {sorted(MODES)}")
+    parser.add_argument(
+        "--modes",
+        default="fp32,bf16,bf16_adamw,bf16_adamw8bit,qat_bf16,qat_bf16_adamw,qat_bf16_adamw8bit",
+        help=f"comma list of {sorted(MODES)}",
+    )
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(

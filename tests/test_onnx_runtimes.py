@@ -163,3 +163,30 @@ def test_recipe_asking_for_missing_openvino_is_one_line(tmp_path) -> None:
         'pip install -e ".[openvino]"'
     ]
     assert not out.exists()
+
+
+def test_deploy_records_validated_runtimes(tmp_path) -> None:
+    import json
+
+    from qtoolkit.deploy import record_validation
+
+    assert record_validation(tmp_path, {"onnxruntime": {}}) is False  # no deploy.json: nothing written
+    (tmp_path / "deploy.json").write_text(json.dumps({"model": "model_int8.onnx"}))
+    validated = validated_runtimes(_report(0.898, 0.99))
+    assert record_validation(tmp_path, validated) is True
+    meta = json.loads((tmp_path / "deploy.json").read_text())
+    assert meta["model"] == "model_int8.onnx"
+    assert meta["validated_runtimes"]["openvino"]["agreement_with_int8_torch"] == 0.99
+    assert meta["validated_runtimes"]["openvino"]["passed"] is False
+
+
+def test_benches_skip_openvino_without_vnni_in_one_line(monkeypatch) -> None:
+    pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
+    from qtoolkit.peers import image_bench
+
+    said: list[str] = []
+    monkeypatch.setattr(image_bench, "cpu_has_vnni", lambda: False)
+    assert image_bench.bench_runtimes(["onnxruntime", "openvino"], said.append) == ("onnxruntime",)
+    assert len(said) == 1 and said[0].startswith("skipping openvino: this CPU has no AVX512-VNNI")
+    monkeypatch.setattr(image_bench, "cpu_has_vnni", lambda: True)
+    assert image_bench.bench_runtimes(["onnxruntime", "openvino"], said.append) == ("onnxruntime", "openvino")

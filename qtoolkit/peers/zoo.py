@@ -281,6 +281,15 @@ def _runtime_cells(row: dict[str, Any], batch: str, rt: str) -> list[str]:
     return [times, f"{ratio['median']:.2f}×" if ratio else "–"]
 
 
+def _openvino_graph_cell(row: dict[str, Any]) -> str:
+    """Integer/float compute nodes of the graph OpenVINO executes, qtoolkit's file vs ORT's."""
+    from qtoolkit.runtime.openvino_rt import integer_and_float
+
+    graphs = row.get("runtime_graph", {})
+    cells = [graphs.get(variant_name(v, "openvino")) for v in ("qtoolkit_int8", "ort_int8")]
+    return " vs ".join("/".join(map(str, integer_and_float(g))) if g else "–" for g in cells)
+
+
 def _latency_cells(row: dict[str, Any], batch: str) -> list[str]:
     ms, ratios = row.get("latency_ms", {}).get(batch), row.get("ratios", {}).get(batch, {})
     if ms is None:
@@ -304,6 +313,7 @@ def format_zoo(results: dict[str, Any]) -> str:
         for rt in others:
             header += [f"b{b} {rt} ms FP32 / qtk / ORT", f"b{b} {rt} qtk/ORT"]
     header += [f"parity on {rt}" for rt in others]
+    header += ["openvino int/float nodes qtk vs ORT"] if "openvino" in others else []
     lines = [
         f"### zoo: {env['cpu']}, {env['threads']} threads, torch {env['torch']}, onnxruntime {env['onnxruntime']}"
         + "".join(f", {rt} {env.get(rt)}" for rt in others),
@@ -328,6 +338,8 @@ def format_zoo(results: dict[str, Any]) -> str:
         for rt in others:
             got = (row.get("parity_by_runtime") or {}).get(rt)
             cells.append(f"{100 * got['agreement']:.1f}% / {got['max_abs_diff']:.3g}" if got else "–")
+        if "openvino" in others:
+            cells.append(_openvino_graph_cell(row))
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",

@@ -61,6 +61,16 @@ def runtime_graph(compiled: ov.CompiledModel) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+INTEGER_PRECISIONS = frozenset({"u8", "i8", "i32"})
+
+
+def integer_and_float(graph: dict[str, int]) -> tuple[int, int]:
+    """(integer, float) compute nodes of a :func:`runtime_graph` count: a file that runs float where
+    another runs integer shows it here, whatever the machine's load."""
+    integer = sum(n for key, n in graph.items() if key.rsplit(":", 1)[-1] in INTEGER_PRECISIONS)
+    return integer, sum(graph.values()) - integer
+
+
 def load(model_path: str | os.PathLike[str], threads: int = 2, strict_fp32: bool = False) -> OnnxModel:
     """Compile ``model_path`` for the CPU with :func:`settings`; one infer request, reused per call."""
     path = Path(model_path)

@@ -12,16 +12,31 @@ from pathlib import Path
 from qtoolkit.errors import QtkError
 
 EXIT_CHECKS_FAILED, EXIT_USAGE = 1, 2
+RUNTIME_NAMES = (
+    "onnxruntime",
+    "openvino",
+)  # qtoolkit.runtime.onnx_runtimes.RUNTIMES (not imported: lean CLI)
 # what a torch-free runtime install (README, "Deploy without torch") lacks
 _FULL_INSTALL = frozenset({"torch", "torchvision", "onnx", "onnx_ir", "onnxscript", "yaml", "transformers"})
 
 
+def _say(line: str) -> None:
+    print(f"qtk: {line}", file=sys.stderr, flush=True)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    import json
+
     from qtoolkit.pipeline import run_recipe
     from qtoolkit.recipe import load_recipe
     from qtoolkit.report.writer import markdown_table
 
-    recipe = load_recipe(args.recipe, args.set or [])
+    overrides = list(args.set or [])
+    if args.runtime:  # --runtime replaces the recipe's evaluate.runtimes
+        overrides.append(f"evaluate.runtimes={json.dumps(args.runtime)}")
+    if args.strict_fp32:
+        overrides.append("evaluate.strict_fp32=true")
+    recipe = load_recipe(args.recipe, overrides)
     report = run_recipe(recipe, args.out, cache_dir=args.cache)
     print(markdown_table(report))
     print(f"artifacts and report.json in {args.out}")
@@ -41,10 +56,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     from qtoolkit.atomic import write_text_atomic
-    from qtoolkit.peers.image_bench import bench_image_model, format_bench
+    from qtoolkit.peers.image_bench import bench_image_model, bench_runtimes, format_bench
 
+    runtimes = bench_runtimes(args.runtime or ["onnxruntime"], _say)
+    if not runtimes:
+        return EXIT_USAGE
     results = bench_image_model(
-        args.model, args.image_size, args.batch_sizes, args.threads, args.repeats, args.rounds
+        args.model,
+        args.image_size,
+        args.batch_sizes,
+        args.threads,
+        args.repeats,
+        args.rounds,
+        runtimes=runtimes,
+        strict_fp32=args.strict_fp32,
     )
     print(format_bench(results))
     if args.json:
@@ -56,8 +81,12 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
     import json
 
     from qtoolkit.atomic import write_text_atomic
+    from qtoolkit.peers.image_bench import bench_runtimes
     from qtoolkit.peers.zoo import ZOO_MODELS, format_zoo, run_zoo
 
+    runtimes = bench_runtimes(args.runtime or ["onnxruntime"], _say)
+    if not runtimes:
+        return EXIT_USAGE
     results = run_zoo(
         args.models or ZOO_MODELS,
         threads=args.threads,
@@ -65,6 +94,8 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         batch_sizes=tuple(args.batch_sizes),
         parity_samples=args.parity_samples,
+        runtimes=runtimes,
+        strict_fp32=args.strict_fp32,
         progress=lambda name: print(f"qtk zoo: {name}", file=sys.stderr, flush=True),
     )
     table = format_zoo(results)
@@ -106,12 +137,24 @@ def _cmd_compare_ort(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from qtoolkit.deploy.predict import predict
 
-    for text, result in zip(args.texts, predict(args.dir, args.texts, threads=args.threads), strict=True):
+    results = predict(args.dir, args.texts, threads=args.threads, runtime=args.runtime)
+    for text, result in zip(args.texts, results, strict=True):
         print(f"{result.label}\t{result.score:.3f}\t{text}")
     return 0
 
 
+def _runtime_options(parser: argparse.ArgumentParser, help_text: str) -> None:
+    from qtoolkit.runtime.onnx_runtimes import RUNTIMES
+
+    parser.add_argument("--runtime", action="append", choices=list(RUNTIMES), help=help_text)
+    parser.add_argument(
+        "--strict-fp32", action="store_true", help="run float ops in FP32 only (OpenVINO: no bf16 on AMX)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from qtoolkit.runtime.onnx_runtimes import RUNTIMES
+
     parser = argparse.ArgumentParser(
         prog="qtk", description="Quantize PyTorch models to INT8 ONNX and verify them."
     )
@@ -129,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="cache directory for FP32 baselines (default $QTK_CACHE or ~/.cache/qtoolkit)",
     )
+    _runtime_options(run, "ONNX runtime to evaluate on (repeatable; replaces evaluate.runtimes)")
     run.set_defaults(func=_cmd_run)
 
     predict = commands.add_parser(
@@ -137,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("dir", help="deploy directory written by a text recipe (OUT/deploy)")
     predict.add_argument("texts", nargs="+", help="texts to classify")
     predict.add_argument("--threads", type=int, default=2)
+    predict.add_argument(
+        "--runtime", default="onnxruntime", choices=list(RUNTIMES), help="ONNX runtime (openvino: the extra)"
+    )
     predict.set_defaults(func=_cmd_predict)
 
     recipes = commands.add_parser("recipes", help="list the recipes in a directory")
@@ -158,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="interleaved rounds: best round median per variant, ratios paired per round",
     )
     bench.add_argument("--json", default=None, help="also write the results as JSON to this file")
+    _runtime_options(bench, "ONNX runtime to time the files on (repeatable; default onnxruntime)")
     bench.set_defaults(func=_cmd_bench)
 
     zoo = commands.add_parser(
@@ -171,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     zoo.add_argument("--parity-samples", type=int, default=64)
     zoo.add_argument("--out", default=None, help="directory for zoo.md and zoo.json")
+    _runtime_options(zoo, "ONNX runtime to time the files on (repeatable; default onnxruntime)")
     zoo.set_defaults(func=_cmd_zoo)
 
     analyze = commands.add_parser("analyze", help="per-layer SQNR of a static recipe's INT8 model vs FP32")

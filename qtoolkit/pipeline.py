@@ -16,6 +16,7 @@ from typing import Any
 
 from qtoolkit.cache import publish, staging_dir
 from qtoolkit.configs import check_training, quant_config, quant_inputs
+from qtoolkit.deploy import DEPLOY_DIR, record_validation
 from qtoolkit.errors import QtkError
 from qtoolkit.evaluate.compare import LatencySettings, compare_variants
 from qtoolkit.export import export_int8_onnx, export_onnx, export_summary, onnx_op_counts
@@ -23,7 +24,9 @@ from qtoolkit.paths import default_cache_dir
 from qtoolkit.quantize.api import QuantizedModel, quantize
 from qtoolkit.recipe import Recipe
 from qtoolkit.report.environment import collect_environment
-from qtoolkit.report.writer import checks, write_report
+from qtoolkit.report.writer import checks, validated_runtimes, write_report
+from qtoolkit.runtime.onnx_runtimes import require_runtimes
+from qtoolkit.runtime.ort import model_size_mb
 from qtoolkit.tasks.base import PreparedTask, prepare_task
 
 log = logging.getLogger("qtoolkit")
@@ -63,6 +66,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, cache_dir: str | Path | None
     """
     config = quant_config(recipe)
     check_training(recipe)
+    require_runtimes(recipe.evaluate.runtimes)  # before anything is written: a missing runtime is bad input
     out_dir = Path(out_dir)
     created = _missing_dirs(out_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -93,8 +97,17 @@ def _export_evaluate_report(
     export_onnx(task.fp32_model, task.example_input, fp32_path, opset=recipe.export.opset)
     passes = export_summary(export_int8_onnx(quantized, task.example_input, int8_path, recipe.export.opset))
     ev = recipe.evaluate
-    settings = LatencySettings(ev.threads, ev.latency_batch_size, ev.warmup, ev.repeats)
-    metrics, parity = compare_variants(
+    settings = LatencySettings(
+        ev.threads,
+        ev.latency_batch_size,
+        ev.warmup,
+        ev.repeats,
+        runtimes=require_runtimes(ev.runtimes),
+        strict_fp32=ev.strict_fp32,
+        runtime_batch_sizes=tuple(ev.runtime_batch_sizes),
+        rounds=ev.latency_rounds,
+    )
+    metrics, parity, runtimes = compare_variants(
         task.fp32_model,
         quantized.int8_model,
         fp32_path,
@@ -119,9 +132,8 @@ def _export_evaluate_report(
         "metrics": metrics,
         "parity": parity,
         "latency": {"batch_size": ev.latency_batch_size, "warmup": ev.warmup, "repeats": ev.repeats},
-        "size_ratio_fp32_over_int8_onnx": round(
-            metrics["fp32_onnx"]["size_mb"] / metrics["int8_onnx"]["size_mb"], 3
-        ),
+        "onnx_runtimes": runtimes,
+        "size_ratio_fp32_over_int8_onnx": round(model_size_mb(fp32_path) / model_size_mb(int8_path), 3),
         "environment": collect_environment(ev.threads),
     }
     report["checks"] = checks(report)
@@ -129,5 +141,6 @@ def _export_evaluate_report(
     report["seconds"] = round(time.perf_counter() - started, 1)
     if task.write_deploy is not None:
         task.write_deploy(staging, int8_path)
+        record_validation(staging / DEPLOY_DIR, validated_runtimes(report))
     write_report(report, staging)
     return report

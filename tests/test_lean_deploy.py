@@ -38,9 +38,9 @@ BLOCKED_RUN = textwrap.dedent(
         sys.modules[name] = None  # importing any of them now raises ImportError
     import qtoolkit
     from qtoolkit.deploy import predict
-    directory, texts = sys.argv[1], sys.argv[2:]
-    results = predict(directory, texts)
-    sys.argv = ["qtk", "predict", directory, *texts]
+    runtime, directory, texts = sys.argv[1], sys.argv[2], sys.argv[3:]
+    results = predict(directory, texts, runtime=runtime)
+    sys.argv = ["qtk", "predict", directory, *texts, "--runtime", runtime]
     out = io.StringIO()
     with redirect_stdout(out):
         try:
@@ -66,10 +66,13 @@ def deploy_dir(tmp_path_factory: pytest.TempPathFactory):
     return directory, expected
 
 
-def test_predict_without_torch(deploy_dir) -> None:
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_predict_without_torch(deploy_dir, runtime) -> None:
+    if runtime == "openvino":
+        pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
     directory, expected = deploy_dir
     proc = subprocess.run(
-        [sys.executable, "-c", BLOCKED_RUN, str(directory), *TEXTS],
+        [sys.executable, "-c", BLOCKED_RUN, runtime, str(directory), *TEXTS],
         cwd=REPO,
         capture_output=True,
         text=True,

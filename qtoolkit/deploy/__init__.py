@@ -5,7 +5,8 @@ Layout written by :func:`write_deploy_dir`::
     DIR/model_int8.onnx        INT8 model (plus model_int8.onnx.data when > 2 GB)
     DIR/tokenizer.json         tokenizers.Tokenizer (truncation/padding applied at load)
     DIR/labels.json            {"labels": [name for id 0, name for id 1, ...]}
-    DIR/deploy.json            max_length, model file, input names, sha256 of the model, extras
+    DIR/deploy.json            max_length, model file, input names, sha256 of the model, extras,
+                               and ``validated_runtimes`` (each ONNX runtime the run checked it on)
 """
 
 from __future__ import annotations
@@ -29,7 +30,17 @@ from qtoolkit.deploy.predict import (
 )
 from qtoolkit.errors import QtkError
 
-__all__ = ["Prediction", "TextEncoder", "load", "predict", "write_deploy_dir"]
+__all__ = [
+    "DEPLOY_DIR",
+    "Prediction",
+    "TextEncoder",
+    "load",
+    "predict",
+    "record_validation",
+    "write_deploy_dir",
+]
+
+DEPLOY_DIR = "deploy"  # the deploy directory's name inside a run's output directory
 
 
 def write_deploy_dir(
@@ -66,3 +77,15 @@ def write_deploy_dir(
     }
     write_text_atomic(root / DEPLOY_FILE, json.dumps(meta, indent=2, default=str) + "\n")
     return root
+
+
+def record_validation(directory: str | os.PathLike[str], runtimes: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Add ``validated_runtimes`` (runtime -> version, precision, accuracy, agreement, passed) to the
+    ``deploy.json`` of ``directory``, rewritten atomically; False when ``directory`` has none."""
+    path = Path(directory) / DEPLOY_FILE
+    if not path.is_file():
+        return False
+    meta = json.loads(path.read_text())
+    meta["validated_runtimes"] = {name: dict(info) for name, info in runtimes.items()}
+    write_text_atomic(path, json.dumps(meta, indent=2, default=str) + "\n")
+    return True

@@ -1,6 +1,7 @@
 """Run a deployed text classifier: ``predict(artifact_dir, texts)``.
 
-Needs only onnxruntime, tokenizers and numpy (no torch, no transformers). The artifact directory
+Needs only onnxruntime (or OpenVINO: ``runtime="openvino"``), tokenizers and numpy (no torch, no
+transformers). The artifact directory
 holds ``model_int8.onnx`` (or the model named in ``deploy.json``), ``tokenizer.json``,
 ``labels.json`` (label names in id order) and ``deploy.json`` (max length, input names, sha256).
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from qtoolkit.errors import QtkError
 from qtoolkit.runtime.batches import logits_of
-from qtoolkit.runtime.ort import make_session, ort_runner
+from qtoolkit.runtime.onnx_runtimes import DEFAULT_RUNTIME, OnnxModel, load_onnx
 
 __all__ = [
     "DEPLOY_FILE",
@@ -177,7 +178,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Loaded:
-    session: Any
+    model: OnnxModel
     encoder: TextEncoder
     labels: list[str]
     input_names: list[str]
@@ -190,21 +191,22 @@ def _read_json(path: Path) -> Any:
 
 
 @lru_cache(maxsize=4)
-def _load_cached(directory: str, threads: int) -> _Loaded:
+def _load_cached(directory: str, threads: int, runtime: str) -> _Loaded:
     root = Path(directory)
     if not root.is_dir():
         raise QtkError(f"deploy directory {root} does not exist; pass the directory written by the export.")
     meta = _read_json(root / DEPLOY_FILE)
     labels = _read_json(root / LABELS_FILE)["labels"]
-    session = make_session(root / meta.get("model", MODEL_FILE), threads=threads)
-    input_names = [value.name for value in session.get_inputs()]
+    model = load_onnx(root / meta.get("model", MODEL_FILE), runtime, threads)
+    input_names = list(model.input_names)
     encoder = TextEncoder.from_dir(root, int(meta["max_length"]), input_names)
-    return _Loaded(session, encoder, list(labels), input_names)
+    return _Loaded(model, encoder, list(labels), input_names)
 
 
-def load(directory: str | os.PathLike[str], threads: int = 2) -> _Loaded:
-    """Open (and cache) the session, tokenizer and labels of a deploy directory."""
-    return _load_cached(str(Path(directory).resolve()), threads)
+def load(directory: str | os.PathLike[str], threads: int = 2, runtime: str = DEFAULT_RUNTIME) -> _Loaded:
+    """Open (and cache) the model on ``runtime``, the tokenizer and labels of a deploy directory.
+    Any runtime runs it; ``deploy.json``'s ``validated_runtimes`` says which ones the run checked."""
+    return _load_cached(str(Path(directory).resolve()), threads, runtime)
 
 
 def predict(
@@ -214,12 +216,14 @@ def predict(
     *,
     batch_size: int = 32,
     threads: int = 2,
+    runtime: str = DEFAULT_RUNTIME,
 ) -> list[Prediction]:
-    """Classify ``texts`` (or sentence pairs) with the INT8 ONNX model in ``directory``."""
-    loaded = load(directory, threads)
+    """Classify ``texts`` (or sentence pairs) with the INT8 ONNX model in ``directory`` on ``runtime``
+    (``onnxruntime`` or ``openvino``)."""
+    loaded = load(directory, threads, runtime)
     if not isinstance(texts, str) and not len(texts):
         return []
-    logits = logits_of(ort_runner(loaded.session), loaded.encoder.batches(texts, text_pairs, batch_size))
+    logits = logits_of(loaded.model.run, loaded.encoder.batches(texts, text_pairs, batch_size))
     results: list[Prediction] = []
     for row in softmax(logits.astype(np.float64)):
         best = int(row.argmax())

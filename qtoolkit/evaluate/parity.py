@@ -19,7 +19,7 @@ from torch import nn
 from qtoolkit.evaluate.metrics import agreement, max_abs_diff, predictions
 from qtoolkit.export import to_reference
 from qtoolkit.runtime.batches import collect_logits
-from qtoolkit.runtime.ort import make_session, ort_runner
+from qtoolkit.runtime.onnx_runtimes import DEFAULT_RUNTIME, load_onnx
 from qtoolkit.runtime.torch_runner import torch_runner
 
 SIMULATED_OPS_ATTR = "qtk_simulated_ops"  # set of ONNX op types torch's INT8 model cannot run in integer
@@ -41,26 +41,32 @@ def references_by_op(onnx_path: str | os.PathLike[str], simulated: Iterable[str]
 
 
 def check_parity(
-    int8_model: nn.Module, onnx_path: str | os.PathLike[str], batches: Iterable[Any], threads: int = 2
+    int8_model: nn.Module,
+    onnx_path: str | os.PathLike[str],
+    batches: Iterable[Any],
+    threads: int = 2,
+    runtime: str = DEFAULT_RUNTIME,
+    strict_fp32: bool = False,
 ) -> dict[str, Any]:
     """Top-1 agreement and max |logit difference| between ``int8_model`` and the ONNX file.
 
     ``batches`` yields model inputs — a tensor, a tuple of tensors (positional inputs, in the ONNX
     model's input order) or a mapping of named tensors — or inputs with their label, ``(inputs,
     label)`` (see :func:`qtoolkit.runtime.batches.split_batch`). Returns ``agreement`` in [0, 1],
-    ``max_abs_diff``, ``samples`` and ``reference`` (op kind -> "torch INT8" | "QDQ simulation").
+    ``max_abs_diff``, ``samples``, ``reference`` (op kind -> "torch INT8" | "QDQ simulation") and
+    ``runtime`` (the ONNX runtime's name, version, settings and precision; see
+    :func:`qtoolkit.runtime.onnx_runtimes.load_onnx`).
     """
     simulated = set(getattr(int8_model, SIMULATED_OPS_ATTR, ()))
     expected_model = to_reference(int8_model) if simulated else int8_model
-    session = make_session(onnx_path, threads)
-    runs = {"torch": torch_runner(expected_model), "onnx": ort_runner(session)}
-    logits = collect_logits(
-        runs, batches, arity=len(session.get_inputs()), desc="parity", progress=False
-    ).logits
+    model = load_onnx(onnx_path, runtime, threads, strict_fp32)
+    runs = {"torch": torch_runner(expected_model), "onnx": model.run}
+    logits = collect_logits(runs, batches, arity=len(model.input_names), desc="parity", progress=False).logits
     expected, got = logits["torch"], logits["onnx"]
     return {
         "agreement": agreement(predictions(expected), predictions(got)),
         "max_abs_diff": max_abs_diff(expected, got),
         "samples": len(expected),
         "reference": references_by_op(onnx_path, simulated),
+        "runtime": model.info,
     }

@@ -11,6 +11,7 @@ slow phase of the host cancels), with their range in the JSON.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ from qtoolkit.models import create_model
 from qtoolkit.peers.ort_quantizer import ort_quantize_static
 from qtoolkit.quantize import ObserverSpec, StaticQuantConfig, quantize
 from qtoolkit.report.environment import collect_environment
-from qtoolkit.runtime.ort import make_session, model_size_mb, ort_call
+from qtoolkit.runtime.cpu import cpu_has_vnni
+from qtoolkit.runtime.onnx_runtimes import DEFAULT_RUNTIME, available_runtimes, load_onnx, variant_name
+from qtoolkit.runtime.ort import model_size_mb
 
 
 def randomise_batchnorm(model: nn.Module, seed: int = 0) -> None:
@@ -38,6 +41,22 @@ def randomise_batchnorm(model: nn.Module, seed: int = 0) -> None:
                 module.bias.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
 
 
+def bench_runtimes(names: Sequence[str], report: Callable[[str], None] | None = None) -> tuple[str, ...]:
+    """The runtimes of ``names`` a latency bench can use here: installed, and for openvino a CPU with
+    VNNI (without it INT8 is not faster, so its INT8 timings say nothing about the CPUs it is for).
+    Each other one is reported as one line and skipped."""
+    kept = []
+    for name in available_runtimes(names, report):
+        if name == "openvino" and not cpu_has_vnni():
+            if report is not None:
+                report(
+                    "skipping openvino: this CPU has no AVX512-VNNI/AVX-VNNI, so its INT8 timings mean nothing"
+                )
+            continue
+        kept.append(name)
+    return tuple(kept)
+
+
 def bench_image_model(
     name: str = "resnet18",
     image_size: int = 224,
@@ -45,8 +64,12 @@ def bench_image_model(
     threads: int = 2,
     repeats: int = 50,
     rounds: int = 3,
+    runtimes: Sequence[str] = (DEFAULT_RUNTIME,),
+    strict_fp32: bool = False,
 ) -> dict[str, Any]:
-    """Measure every variant at every batch size; returns a JSON-able dict (see module docstring)."""
+    """Measure every variant at every batch size on every runtime in ``runtimes`` (all in the same
+    interleaved rounds); returns a JSON-able dict (see module docstring). ONNX variants on a runtime
+    other than onnxruntime are keyed ``<variant>_<runtime>``."""
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     model = create_model(name).eval()
@@ -64,10 +87,15 @@ def bench_image_model(
         ort_quantize_static(
             paths["fp32_onnx"], paths["ort_int8_onnx"], [b.numpy() for b in calibration], "input"
         )
-        sessions = {key: make_session(path, threads) for key, path in paths.items()}
+        loaded = {
+            variant_name(key, runtime): load_onnx(path, runtime, threads, strict_fp32)
+            for runtime in runtimes
+            for key, path in paths.items()
+        }
         sizes = {key: round(model_size_mb(path), 3) for key, path in paths.items()}
         results: dict[str, Any] = {
             "sizes_mb": sizes,
+            "runtimes": {rt: loaded[variant_name("int8_onnx", rt)].info for rt in runtimes},
             "latency_ms": {},
             "latency_ms_per_round": {},
             "ratios": {},
@@ -77,17 +105,23 @@ def bench_image_model(
             calls = {
                 "fp32_torch": lambda x=x: model(x),
                 "int8_torch": lambda x=x: int8_model(x),
-                **{key: ort_call(session, x) for key, session in sessions.items()},
+                **{key: onnx.call(x) for key, onnx in loaded.items()},
             }
             with torch.no_grad():
                 per_round = interleaved_latency(calls, rounds=rounds, warmup=5, repeats=repeats)
             key = str(batch_size)
             results["latency_ms"][key] = {k: round(v, 3) for k, v in best_of_rounds(per_round).items()}
             results["latency_ms_per_round"][key] = per_round
-            results["ratios"][key] = {
-                "fp32_over_int8_onnx": paired_ratio(per_round, "fp32_onnx", "int8_onnx"),
-                "qtoolkit_over_ort_int8_onnx": paired_ratio(per_round, "int8_onnx", "ort_int8_onnx"),
-            }
+            ratios = results["ratios"][key] = {}
+            for rt in runtimes:
+                fp32, int8, ort8 = (variant_name(k, rt) for k in ("fp32_onnx", "int8_onnx", "ort_int8_onnx"))
+                suffix = "" if rt == DEFAULT_RUNTIME else f"_{rt}"
+                ratios[f"fp32_over_int8_onnx{suffix}"] = paired_ratio(per_round, fp32, int8)
+                ratios[f"qtoolkit_over_ort_int8_onnx{suffix}"] = paired_ratio(per_round, int8, ort8)
+                if rt != runtimes[0]:
+                    ratios[f"{int8}_over_{variant_name('int8_onnx', runtimes[0])}"] = paired_ratio(
+                        per_round, int8, variant_name("int8_onnx", runtimes[0])
+                    )
     results.update(
         model=name,
         image_size=image_size,
@@ -99,28 +133,38 @@ def bench_image_model(
 
 
 def format_bench(results: dict[str, Any]) -> str:
-    """Markdown table with the two ratios the static-PTQ goals are stated in."""
+    """Markdown table, one row per batch size and runtime, with the two ratios the static-PTQ goals
+    are stated in (FP32/INT8 ONNX and qtoolkit/ORT-quantizer INT8, each on that runtime)."""
     env = results["environment"]
+    runtimes = results.get("runtimes") or {
+        DEFAULT_RUNTIME: {"version": env["onnxruntime"], "precision": "f32"}
+    }
     lines = [
         f"### {results['model']} {results['image_size']}×{results['image_size']}, {env['threads']} threads, "
-        f"{env['cpu']} ({', '.join(env['cpu_flags'])}), torch {env['torch']}, onnxruntime {env['onnxruntime']}",
+        f"{env['cpu']} ({', '.join(env['cpu_flags'])}), torch {env['torch']}, "
+        + ", ".join(f"{rt} {info['version']}" for rt, info in runtimes.items()),
         "",
-        "| batch | FP32 torch | INT8 torch | FP32 ONNX | INT8 ONNX (qtoolkit) | INT8 ONNX (ORT quantize_static) "
-        "| FP32/INT8 ONNX speed-up | qtoolkit/ORT latency |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| batch | ONNX runtime (float precision) | FP32 torch | INT8 torch | FP32 ONNX | INT8 ONNX (qtoolkit) "
+        "| INT8 ONNX (ORT quantize_static) | FP32/INT8 ONNX speed-up | qtoolkit/ORT latency |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for batch, ms in results["latency_ms"].items():
         ratios = results["ratios"][batch]
-        lines.append(
-            f"| {batch} | {ms['fp32_torch']:.2f} | {ms['int8_torch']:.2f} | {ms['fp32_onnx']:.2f} | "
-            f"{ms['int8_onnx']:.2f} | {ms['ort_int8_onnx']:.2f} | {ratios['fp32_over_int8_onnx']['median']:.2f}× | "
-            f"{ratios['qtoolkit_over_ort_int8_onnx']['median']:.2f}× |"
-        )
+        for rt, info in runtimes.items():
+            suffix = "" if rt == DEFAULT_RUNTIME else f"_{rt}"
+            fp32, int8, ort8 = (variant_name(k, rt) for k in ("fp32_onnx", "int8_onnx", "ort_int8_onnx"))
+            lines.append(
+                f"| {batch} | {rt} ({info['precision']}) | {ms['fp32_torch']:.2f} | {ms['int8_torch']:.2f} | "
+                f"{ms[fp32]:.2f} | {ms[int8]:.2f} | {ms[ort8]:.2f} | "
+                f"{ratios[f'fp32_over_int8_onnx{suffix}']['median']:.2f}× | "
+                f"{ratios[f'qtoolkit_over_ort_int8_onnx{suffix}']['median']:.2f}× |"
+            )
     sizes = results["sizes_mb"]
     lines += [
         "",
         f"sizes MB: FP32 ONNX {sizes['fp32_onnx']:.2f}, INT8 ONNX (qtoolkit) {sizes['int8_onnx']:.2f}, "
         f"INT8 ONNX (ORT) {sizes['ort_int8_onnx']:.2f}; latency = best of {results['rounds']} interleaved "
-        f"round medians of {results['repeats']} runs (ms); ratios = median of per-round ratios",
+        f"round medians of {results['repeats']} runs (ms), every runtime in the same rounds; "
+        "ratios = median of per-round ratios",
     ]
     return "\n".join(lines) + "\n"

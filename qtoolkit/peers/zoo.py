@@ -15,6 +15,9 @@ the same FP32 ONNX with the same calibration batches (onnxruntime), then
 * size ratio FP32 / INT8 and latency of FP32 ONNX, qtoolkit INT8, ORT INT8 in interleaved rounds
   at each batch size; ratios are medians of per-round ratios (paired: a slow phase of the host
   hits all three alike).
+* with ``runtimes=("onnxruntime", "openvino")``: parity and latency of the same files on each
+  runtime (keys ``<variant>_<runtime>``, all in the same rounds), and for OpenVINO the executed
+  graph's compute nodes by runtime precision (``runtime_graph``), which shows where a file runs float.
 
 A model that fails anywhere gets a row with the reason (the error's first line), not a crash.
 """
@@ -38,7 +41,8 @@ from qtoolkit.export import export_int8_onnx, export_onnx
 from qtoolkit.peers.ort_quantizer import ort_quantize_static
 from qtoolkit.quantize import StaticQuantConfig, quantize
 from qtoolkit.report.environment import collect_environment
-from qtoolkit.runtime.ort import make_session, model_size_mb, ort_call
+from qtoolkit.runtime.onnx_runtimes import DEFAULT_RUNTIME, load_onnx, variant_name
+from qtoolkit.runtime.ort import model_size_mb
 
 ZOO_MODELS = (
     "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "googlenet", "squeezenet1_1",
@@ -105,6 +109,8 @@ def zoo_row(
     parity_samples: int = 64,
     config: StaticQuantConfig | None = None,
     work_dir: Path | None = None,
+    runtimes: Sequence[str] = (DEFAULT_RUNTIME,),
+    strict_fp32: bool = False,
 ) -> dict[str, Any]:
     """One model's row (see module docstring); JSON-able."""
     row: dict[str, Any] = {"model": name}
@@ -157,6 +163,14 @@ def zoo_row(
             row["parity_reference"] = (
                 "torch INT8 (torch.ao convert + qtoolkit INT8 rules, torch's own kernels)"
             )
+            for rt in (rt for rt in runtimes if rt != DEFAULT_RUNTIME):
+                row.setdefault("parity_by_runtime", {})[rt] = _step(
+                    row,
+                    f"parity_{rt}",
+                    lambda rt=rt: check_parity(
+                        quantized.int8_model, ready["qtoolkit_int8"], parity_batches, threads, rt, strict_fp32
+                    ),
+                )
         row["sizes_mb"] = {key: round(model_size_mb(path), 3) for key, path in ready.items()}
         if "fp32_onnx" in ready:
             row["size_ratio"] = {
@@ -172,7 +186,9 @@ def zoo_row(
         _step(
             row,
             "latency",
-            lambda: _time(row, ready, image_size, batch_sizes, threads, rounds, repeats, warmup),
+            lambda: _time(
+                row, ready, image_size, batch_sizes, threads, rounds, repeats, warmup, runtimes, strict_fp32
+            ),
         )
     return row
 
@@ -186,13 +202,23 @@ def _time(
     rounds: int,
     repeats: int,
     warmup: int,
+    runtimes: Sequence[str] = (DEFAULT_RUNTIME,),
+    strict_fp32: bool = False,
 ) -> None:
-    sessions = {key: make_session(path, threads) for key, path in paths.items()}
+    loaded = {
+        variant_name(key, rt): load_onnx(path, rt, threads, strict_fp32)
+        for rt in runtimes
+        for key, path in paths.items()
+    }
+    row["runtimes"] = {rt: loaded[variant_name(next(iter(paths)), rt)].info for rt in runtimes}
+    graphs = {key: model.runtime_graph() for key, model in loaded.items() if model.runtime_graph is not None}
+    if graphs:
+        row["runtime_graph"] = graphs
     generator = torch.Generator().manual_seed(3)
     row["latency_ms"], row["latency_ms_per_round"], row["ratios"] = {}, {}, {}
     for batch_size in batch_sizes:
         x = torch.randn(batch_size, 3, image_size, image_size, generator=generator)
-        calls = {key: ort_call(session, x) for key, session in sessions.items()}
+        calls = {key: model.call(x) for key, model in loaded.items()}
         per_round = interleaved_latency(calls, rounds=rounds, warmup=warmup, repeats=repeats)
         key = str(batch_size)
         row["latency_ms"][key] = {k: round(v, 3) for k, v in best_of_rounds(per_round).items()}
@@ -204,6 +230,10 @@ def _time(
             ratios["fp32_over_qtoolkit"] = paired_ratio(per_round, "fp32_onnx", "qtoolkit_int8")
         if {"fp32_onnx", "ort_int8"} <= per_round.keys():
             ratios["fp32_over_ort"] = paired_ratio(per_round, "fp32_onnx", "ort_int8")
+        for rt in (rt for rt in runtimes if rt != DEFAULT_RUNTIME):
+            qtk, ort8 = variant_name("qtoolkit_int8", rt), variant_name("ort_int8", rt)
+            if {qtk, ort8} <= per_round.keys():
+                ratios[f"qtoolkit_over_ort_{rt}"] = paired_ratio(per_round, qtk, ort8)
         row["ratios"][key] = ratios
 
 
@@ -241,6 +271,25 @@ def _pair(row: dict[str, Any], key: str) -> str:
     return "/".join(str(quality[v][key]) if v in quality else "–" for v in ("qtoolkit_int8", "ort_int8"))
 
 
+def _runtime_cells(row: dict[str, Any], batch: str, rt: str) -> list[str]:
+    """ms of FP32 / qtoolkit / ORT files on runtime ``rt`` and the paired qtoolkit/ORT ratio there."""
+    ms, ratios = row.get("latency_ms", {}).get(batch), row.get("ratios", {}).get(batch, {})
+    if ms is None:
+        return ["–", "–"]
+    times = " / ".join(f"{ms[k]:.1f}" if k in ms else "–" for k in (variant_name(v, rt) for v in VARIANTS))
+    ratio = ratios.get(f"qtoolkit_over_ort_{rt}")
+    return [times, f"{ratio['median']:.2f}×" if ratio else "–"]
+
+
+def _openvino_graph_cell(row: dict[str, Any]) -> str:
+    """Integer/float compute nodes of the graph OpenVINO executes, qtoolkit's file vs ORT's."""
+    from qtoolkit.runtime.openvino_rt import integer_and_float
+
+    graphs = row.get("runtime_graph", {})
+    cells = [graphs.get(variant_name(v, "openvino")) for v in ("qtoolkit_int8", "ort_int8")]
+    return " vs ".join("/".join(map(str, integer_and_float(g))) if g else "–" for g in cells)
+
+
 def _latency_cells(row: dict[str, Any], batch: str) -> list[str]:
     ms, ratios = row.get("latency_ms", {}).get(batch), row.get("ratios", {}).get(batch, {})
     if ms is None:
@@ -258,10 +307,16 @@ def format_zoo(results: dict[str, Any]) -> str:
     batches = [str(b) for b in options.get("batch_sizes", (1, 8))]
     header = ["model", "qtoolkit export", "parity top-1 / max Δlogit", "float ops qtk/ORT", "DQ qtk/ORT",
               "layout qtk/ORT", "qtk float ops left", "size FP32/INT8"]  # fmt: skip
+    others = [rt for rt in options.get("runtimes", ()) if rt != DEFAULT_RUNTIME]
     for b in batches:
         header += [f"b{b} ms FP32 / qtk / ORT", f"b{b} qtk/ORT", f"b{b} FP32/qtk"]
+        for rt in others:
+            header += [f"b{b} {rt} ms FP32 / qtk / ORT", f"b{b} {rt} qtk/ORT"]
+    header += [f"parity on {rt}" for rt in others]
+    header += ["openvino int/float nodes qtk vs ORT"] if "openvino" in others else []
     lines = [
-        f"### zoo: {env['cpu']}, {env['threads']} threads, torch {env['torch']}, onnxruntime {env['onnxruntime']}",
+        f"### zoo: {env['cpu']}, {env['threads']} threads, torch {env['torch']}, onnxruntime {env['onnxruntime']}"
+        + "".join(f", {rt} {env.get(rt)}" for rt in others),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -278,6 +333,13 @@ def format_zoo(results: dict[str, Any]) -> str:
                  _pair(row, "layout"), float_cell, f"{size:.2f}×" if size else "–"]  # fmt: skip
         for b in batches:
             cells += _latency_cells(row, b)
+            for rt in others:
+                cells += _runtime_cells(row, b, rt)
+        for rt in others:
+            got = (row.get("parity_by_runtime") or {}).get(rt)
+            cells.append(f"{100 * got['agreement']:.1f}% / {got['max_abs_diff']:.3g}" if got else "–")
+        if "openvino" in others:
+            cells.append(_openvino_graph_cell(row))
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",

@@ -7,6 +7,7 @@ import platform
 from typing import Any
 
 from qtoolkit.runtime.cpu import cpu_has_vnni, cpu_info
+from qtoolkit.runtime.onnx_runtimes import runtime_version
 
 __all__ = ["collect_environment", "cpu_has_vnni"]
 
@@ -30,6 +31,7 @@ def collect_environment(threads: int) -> dict[str, Any]:
         "torch_quantized_engine": torch.backends.quantized.engine,
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "openvino": runtime_version("openvino"),  # None when the [openvino] extra is not installed
         "numpy": numpy.__version__,
         "cuda_available": torch.cuda.is_available(),
     }

@@ -1,6 +1,9 @@
 """Running models: the foundation every stage may import (it imports no stage).
 
+* :mod:`qtoolkit.runtime.onnx_runtimes` — the registry of ONNX runtimes (``onnxruntime``,
+  ``openvino``): ``load_onnx(path, runtime, threads)`` -> a callable on numpy feeds (no torch);
 * :mod:`qtoolkit.runtime.ort` — onnxruntime sessions, feeds and the ORT runner (no torch);
+* :mod:`qtoolkit.runtime.openvino_rt` — OpenVINO's CPU plugin (the ``[openvino]`` extra; no torch);
 * :mod:`qtoolkit.runtime.cpu` — CPU model and ISA flags (no torch);
 * :mod:`qtoolkit.runtime.batches` — splitting batches into inputs and labels, and the one loop that
   collects logits of runners over batches (no torch);

@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from qtoolkit.errors import QtkError
+from qtoolkit.runtime.onnx_runtimes import OnnxModel
 
 # ORT graph fusions that make models slower on the CPU measured here (AMD EPYC, onnxruntime 1.32), so
 # qtoolkit's sessions skip them. SkipLayerNormFusion (Add + LayerNormalization -> the contrib
@@ -81,9 +82,14 @@ def to_numpy(value: Any) -> np.ndarray:
 
 
 def ort_feed(session: ort.InferenceSession, inputs: Any) -> dict[str, np.ndarray]:
-    """The session feed for one batch of inputs: a mapping is matched by name, a tuple or list by
-    position (the session's input order), a single array or tensor goes to the first input."""
-    names = [value.name for value in session.get_inputs()]
+    """The session feed for one batch of inputs (see :func:`feed_by_names`)."""
+    return feed_by_names([value.name for value in session.get_inputs()], inputs)
+
+
+def feed_by_names(names: Sequence[str], inputs: Any) -> dict[str, np.ndarray]:
+    """The feed of a model with inputs ``names`` for one batch: a mapping is matched by name, a tuple
+    or list by position (the model's input order), a single array or tensor goes to the first input."""
+    names = list(names)
     if isinstance(inputs, Mapping):
         missing = [name for name in names if name not in inputs]
         if missing:
@@ -107,3 +113,29 @@ def ort_call(session: ort.InferenceSession, inputs: Any) -> Callable[[], object]
     """A zero-argument call running ``session`` on ``inputs``, the feed built once (for timing)."""
     feed = ort_feed(session, inputs)
     return lambda: session.run(None, feed)
+
+
+def version() -> str:
+    return ort.__version__
+
+
+def load(model_path: str | os.PathLike[str], threads: int = 2, strict_fp32: bool = False) -> OnnxModel:
+    """``model_path`` on onnxruntime's CPU provider (:func:`make_session`) as an :class:`OnnxModel`.
+
+    ``strict_fp32`` changes nothing: the CPU provider runs every float op in FP32.
+    """
+    session = make_session(model_path, threads)
+    info = {
+        "runtime": "onnxruntime",
+        "version": ort.__version__,
+        "precision": "f32",
+        "settings": {
+            "provider": "CPUExecutionProvider",
+            "intra_op_num_threads": threads,
+            "inter_op_num_threads": 1,
+            "graph_optimization_level": "all",
+            "disabled_optimizers": list(SLOW_FUSIONS),
+        },
+    }
+    names = tuple(value.name for value in session.get_inputs())
+    return OnnxModel("onnxruntime", names, lambda feed: session.run(None, feed)[0], info, handle=session)

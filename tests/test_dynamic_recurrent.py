@@ -47,16 +47,18 @@ def _run(path: Path, feeds: dict[str, np.ndarray], threads: int = 1) -> np.ndarr
     return make_session(path, threads).run(None, feeds)[0]
 
 
-def _optimized_ops(path: Path, tmp_path: Path) -> list[str]:
+def _optimized_ops(path: Path, tmp_path: Path) -> tuple[list[str], list[list[str]]]:
+    """Op types of the graph ORT runs, Scan bodies included, and each Scan body's ops."""
     optimized = tmp_path / "optimized.onnx"
     make_session(path, optimized_model_path=optimized)
     proto = onnx.load(str(optimized))
-    ops = [node.op_type for node in proto.graph.node]
+    ops, bodies = [node.op_type for node in proto.graph.node], []
     for node in proto.graph.node:  # Scan bodies
         for attribute in node.attribute:
             if attribute.g.node:
-                ops += [n.op_type for n in attribute.g.node]
-    return ops
+                bodies.append([n.op_type for n in attribute.g.node])
+                ops += bodies[-1]
+    return ops, bodies
 
 
 @pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
@@ -84,7 +86,7 @@ def test_recurrent_quantize_export_parity(
         assert quant_error > 20 * EXACT  # quantization is visible
         loose = cell is nn.LSTM and threads > 1 and batch > 1
         assert diff <= (quant_error if loose else EXACT)
-    ops = _optimized_ops(result.path, tmp_path)
+    ops, bodies = _optimized_ops(result.path, tmp_path)
     if cell is nn.LSTM:
         assert ops.count("DynamicQuantizeLSTM") == 2 and "LSTM" not in ops
     else:  # one input projection per layer outside the Scan, one recurrent GEMM per direction inside
@@ -94,6 +96,9 @@ def test_recurrent_quantize_export_parity(
             op for op in ops if op in ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger")
         ]
         assert len(integer) == 1 + 2 + 2 * directions  # head + 2 projections + recurrences
+        # each step runs 12 nodes: the fused integer GEMM, one Add + Sigmoid for r and z together, ...
+        assert [len(body) for body in bodies] == [12] * 2 * directions
+        assert all(body.count("DynamicQuantizeMatMul") == 1 and body.count("Sigmoid") == 1 for body in bodies)
     rnn_weights = sum(p.numel() for n, p in model.named_parameters() if n.startswith("rnn.weight"))
     assert _int8_values(onnx.load(str(result.path)).graph) > rnn_weights  # + the head's
 

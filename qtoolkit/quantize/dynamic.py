@@ -62,7 +62,9 @@ class DynamicQuantConfig(QuantConfig):
     RENAMED: ClassVar[dict[str, str]] = {"engine": "backend"}
 
     dtype: str = "qint8"  # weights; only qint8 is exportable to integer ONNX
-    per_channel: bool = True  # one weight scale per output channel (fbgemm/x86 support it)
+    per_channel: bool = True  # Linear: one weight scale per output channel (fbgemm/x86 support it)
+    # LSTM/GRU weights: one scale per gate row (True) or per tensor (False); see README "recurrent"
+    recurrent_per_channel: bool = True
     reduce_range: bool = False  # 7-bit activations (torch's default) instead of 8-bit (ORT's)
     embeddings: bool = True  # also quantize nn.Embedding weight-only (uint8 per row)
     recurrent: bool = True  # also quantize nn.LSTM / nn.GRU (int8 W_ih and W_hh)
@@ -96,11 +98,18 @@ class FullRangeDynamicLinear(torch.ao.nn.quantized.dynamic.Linear):
         return "DynamicQuantizedLinear(full_range)"
 
 
-def _qconfigs(config: DynamicQuantConfig) -> tuple[Any, Any]:
+def _qconfigs(config: DynamicQuantConfig) -> tuple[Any, Any, Any]:
+    """torch.ao qconfigs for Linear, Embedding and LSTM/GRU modules."""
     from torch.ao.quantization import qconfig as qc
 
-    linear = qc.per_channel_dynamic_qconfig if config.per_channel else qc.default_dynamic_qconfig
-    return linear, qc.float_qparams_weight_only_qconfig
+    def weights(per_channel: bool) -> Any:
+        return qc.per_channel_dynamic_qconfig if per_channel else qc.default_dynamic_qconfig
+
+    return (
+        weights(config.per_channel),
+        qc.float_qparams_weight_only_qconfig,
+        weights(config.recurrent_per_channel),
+    )
 
 
 def _recurrent_spec(name: str, module: nn.Module, qconfig: Any) -> Any:
@@ -148,7 +157,7 @@ def quantize_dynamic(model: nn.Module, config: DynamicQuantConfig | None = None)
     """
     config = config or DynamicQuantConfig()
     set_backend(config.backend)
-    linear_qconfig, embedding_qconfig = _qconfigs(config)
+    linear_qconfig, embedding_qconfig, recurrent_qconfig = _qconfigs(config)
     spec: dict[str, Any] = {}
     for name, module in model.named_modules():
         if not name or not config.selects(name):
@@ -158,7 +167,7 @@ def quantize_dynamic(model: nn.Module, config: DynamicQuantConfig | None = None)
         elif config.embeddings and type(module) is nn.Embedding:
             spec[name] = embedding_qconfig
         elif config.recurrent and isinstance(module, _RECURRENT):
-            spec[name] = _recurrent_spec(name, module, linear_qconfig)
+            spec[name] = _recurrent_spec(name, module, recurrent_qconfig)
     if not spec:
         raise QtkError(
             f"dynamic quantization selected no Linear/Embedding/LSTM/GRU module with include={config.include} "

@@ -1,7 +1,8 @@
 """Dynamic INT8 for user models through the public verbs: MLP, LSTM, GRU, several inputs.
 
 torch's dynamic INT8 model is the reference. Parity bounds (max |Δ| printed with -s):
-- MLP and GRU run torch's integer arithmetic op for op: ≤ 1e-5.
+- MLP and GRU run torch's integer arithmetic op for op: ≤ 1e-5 (GRU: or one 8-bit rounding of h
+  flipped by float summation order, ≤ 5% of max |INT8 − FP32|).
 - LSTM runs in ORT's DynamicQuantizeLSTM: ≤ 1e-5 with one thread. With two threads ORT splits the
   batch of a step across threads and quantizes h_{t−1} per chunk (a finer activation range than
   torch's one range per step), so the logits differ by up to the order of the quantization error
@@ -71,6 +72,8 @@ def test_recurrent_quantize_export_parity(
     quantized = quantize_model(model, DynamicQuantConfig())
     kinds = quantized.details["modules"]
     assert kinds["rnn"] == cell.__name__.lower() and kinds["head"] == "linear"
+    schemes = {w.qscheme() for w in quantized.int8_model.rnn.get_weight().values()}
+    assert schemes == {torch.per_tensor_affine}  # recurrent_per_channel=False, the default
     result = export_int8_onnx(quantized, {"input_ids": torch.randint(0, 50, (2, 7))}, tmp_path / "m.onnx")
     assert result.recurrent == ["rnn.l0", "rnn.l1"]
     for batch, seq, threads in [(1, 5, 2), (4, 11, 1), (4, 11, 2)]:
@@ -85,7 +88,11 @@ def test_recurrent_quantize_export_parity(
         )
         assert quant_error > 20 * EXACT  # quantization is visible
         loose = cell is nn.LSTM and threads > 1 and batch > 1
-        assert diff <= (quant_error if loose else EXACT)
+        # GRU: h is re-quantized at every step, so a float-order difference of 1 ulp can move one
+        # value across an 8-bit rounding boundary (seen once in 9 per-tensor cases: 2.3e-5, 2% of
+        # the quantization error); a wrong export differs by the quantization error itself
+        flip = 0.05 * quant_error if cell is nn.GRU else EXACT
+        assert diff <= (quant_error if loose else max(EXACT, flip))
     ops, bodies = _optimized_ops(result.path, tmp_path)
     if cell is nn.LSTM:
         assert ops.count("DynamicQuantizeLSTM") == 2 and "LSTM" not in ops
@@ -127,10 +134,13 @@ class FinalState(nn.Module):
 
 @pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
 def test_final_state_and_initial_state_through_check_parity(cell: type[nn.Module], tmp_path: Path) -> None:
+    """Also the per-row weight scales (``recurrent_per_channel=True``) of both cells."""
     from qtoolkit import check_parity
 
     torch.manual_seed(2)
-    quantized = quantize_model(FinalState(cell).eval(), DynamicQuantConfig())
+    quantized = quantize_model(FinalState(cell).eval(), DynamicQuantConfig(recurrent_per_channel=True))
+    schemes = {w.qscheme() for w in quantized.int8_model.rnn.get_weight().values()}
+    assert schemes == {torch.per_channel_affine}
     example = (torch.randn(3, 5, 6), torch.randn(4, 3, 10))
     result = export_int8_onnx(quantized, example, tmp_path / "h.onnx")
     batches = [(torch.randn(b, s, 6), torch.randn(4, b, 10)) for b, s in ((2, 4), (1, 9))]

@@ -4,7 +4,7 @@ onnxruntime has no integer GRU kernel (its ``quantize_dynamic`` leaves GRU float
 directions becomes (math in :mod:`qtoolkit.export.recurrent_passes`)::
 
     P   = MatMul(X, [W_ih,0ᵀ | W_ih,1ᵀ]) + [b_ih,0 | b_ih,1]     one integer GEMM, all steps, both directions
-    Y_d, h_d = Scan_d(h0_d, P_d)                                   integer W_hh · h_{t−1} per step
+    Y_d, h_d = Scan_d(h0_d, P_d[r|z], P_d[n])                      integer W_hh · h_{t−1} per step
     Y   = Concat(Y_d[:, None]) [seq, D, batch, H],   Y_h = Concat(h_d[None]) [D, batch, H]
 
 The projection is written as a float MatMul and handed to

@@ -25,6 +25,7 @@ import argparse
 import json
 import sys
 import warnings
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -80,10 +81,17 @@ def subject(name: str, seq: int) -> dict[str, Any]:
 def run_subject(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     spec = subject(name, args.seq)
     model, example = spec["model"], spec["example"]
-    quantized = quantize_model(model, DynamicQuantConfig(per_channel=not args.per_tensor))
-    paths = {variant: out / f"{name}_{variant}.onnx" for variant in ONNX_VARIANTS}
+    config = DynamicQuantConfig()
+    if args.per_tensor is not None:
+        config = replace(config, recurrent_per_channel=not args.per_tensor)
+    quantized = quantize_model(model, config)
+    variants = (*ONNX_VARIANTS, *(["int8_onnx_other_scales"] if args.compare_scales else []))
+    paths = {variant: out / f"{name}_{variant}.onnx" for variant in variants}
     export_onnx(model, example, paths["fp32_onnx"])
     export_int8_onnx(quantized, example, paths["int8_onnx"])
+    if args.compare_scales:  # the same model with the other recurrent weight granularity, same rounds
+        other = replace(config, recurrent_per_channel=not config.recurrent_per_channel)
+        export_int8_onnx(quantize_model(model, other), example, paths["int8_onnx_other_scales"])
     # ORT's recommended pre-processing folds the exporter's weight Slice/Concat chains into plain
     # LSTM/GRU initializers; without it ORT's quantizer leaves every LSTM in float
     prepared = out / f"{name}_fp32_preprocessed.onnx"
@@ -92,6 +100,7 @@ def run_subject(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any
     sessions = {variant: make_session(path, args.threads) for variant, path in paths.items()}
     result: dict[str, Any] = {
         "baseline": spec["baseline"],
+        "recurrent_per_channel": config.recurrent_per_channel,
         "size_mb": {variant: model_size_mb(path) for variant, path in paths.items()},
         "ops": {variant: onnx_op_counts(path) for variant, path in paths.items() if variant != "fp32_onnx"},
     }
@@ -120,7 +129,7 @@ def run_subject(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any
         result["per_round_ms"][key] = per_round
         result["latency_ms"][key] = best_of_rounds(per_round)
         result["speedup_over_fp32_onnx"][key] = {
-            variant: paired_ratio(per_round, "fp32_onnx", variant) for variant in ("int8_onnx", "ort_peer")
+            variant: paired_ratio(per_round, "fp32_onnx", variant) for variant in variants[1:]
         }
         result["speedup_over_fp32_onnx"][key]["int8_torch_over_fp32_torch"] = paired_ratio(
             per_round, "fp32_torch", "int8_torch"
@@ -158,7 +167,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (as ORT)")
+    scales = parser.add_mutually_exclusive_group()  # default: DynamicQuantConfig's recurrent_per_channel
+    scales.add_argument("--per-tensor", dest="per_tensor", action="store_true", default=None,
+                        help="one LSTM/GRU weight scale per tensor (as ORT)")  # fmt: skip
+    scales.add_argument("--per-channel", dest="per_tensor", action="store_false",
+                        help="one LSTM/GRU weight scale per gate row")  # fmt: skip
+    parser.add_argument("--compare-scales", action="store_true",
+                        help="also time INT8 ONNX with the other LSTM/GRU weight granularity, same rounds")  # fmt: skip
     parser.add_argument("--out", default="runs/rnn_dynamic")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=DeprecationWarning)

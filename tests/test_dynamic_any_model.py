@@ -94,8 +94,11 @@ def test_two_input_model_with_shared_weights(form: str, tmp_path: Path) -> None:
 
 def test_no_quantizable_module_is_one_line(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
-    with pytest.raises(QtkError, match="selected no Linear/Embedding/LSTM/GRU"):
+    with pytest.raises(QtkError, match="selected no Linear/Embedding/LSTM/GRU") as error:
         quantize_model(model, DynamicQuantConfig())
+    assert "\n" not in str(error.value)
+    with pytest.raises(QtkError, match=r"exclude=\('\*'\,\)"):  # everything excluded: the patterns named
+        quantize_model(nn.Sequential(nn.Linear(4, 2)), DynamicQuantConfig(exclude=("*",)))
     with pytest.raises(QtkError, match="has no quantized module"):
         export_int8_onnx(model, torch.randn(1, 3, 8, 8), tmp_path / "x.onnx")
     assert not list(tmp_path.iterdir())
@@ -106,14 +109,35 @@ def test_no_quantizable_module_is_one_line(tmp_path: Path) -> None:
     [
         (nn.RNN(4, 8), "is RNN, a recurrent cell torch's dynamic quantization does not support"),
         (nn.LSTM(4, 8, proj_size=3), "LSTM with proj_size=3"),
+        (nn.GRU(4, 8, bias=False), "GRU without bias"),
     ],
 )
-def test_unsupported_recurrent_cell_is_one_line(rnn: nn.Module, message: str) -> None:
+def test_unsupported_recurrent_cell_is_one_line(rnn: nn.Module, message: str, tmp_path: Path) -> None:
     model = nn.Sequential(rnn)
     with pytest.raises(QtkError, match=message) as error:
         quantize_model(model, DynamicQuantConfig())
     assert "exclude=('0',)" in str(error.value) and "\n" not in str(error.value)
-    quantize_model(nn.Sequential(rnn, nn.Linear(8, 2)), DynamicQuantConfig(exclude=("0",)))  # the way out
+    # the way out: the cell stays float, the rest is INT8, and the model still exports with parity
+    last_step = LastStep(rnn, nn.Linear(getattr(rnn, "proj_size", 0) or rnn.hidden_size, 2)).eval()
+    quantized = quantize_model(last_step, DynamicQuantConfig(exclude=("rnn",)))
+    assert quantized.details["modules"] == {"head": "linear"}
+    if getattr(rnn, "proj_size", 0):  # torch's ONNX exporter writes a float LSTM with proj_size wrongly
+        return
+    x = torch.randn(5, 2, 4)
+    export_int8_onnx(quantized, x, tmp_path / "way_out.onnx")
+    parity = check_parity(quantized.int8_model, tmp_path / "way_out.onnx", [x])
+    assert parity["agreement"] == 1.0 and parity["max_abs_diff"] <= EXACT
+
+
+class LastStep(nn.Module):
+    """A recurrent layer (sequence-first) and a Linear head on its last step."""
+
+    def __init__(self, rnn: nn.Module, head: nn.Linear) -> None:
+        super().__init__()
+        self.rnn, self.head = rnn, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0][-1])
 
 
 def test_inputs_not_matching_forward_are_one_line(tmp_path: Path) -> None:

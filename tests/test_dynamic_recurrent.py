@@ -1,7 +1,8 @@
 """Dynamic INT8 for user models through the public verbs: MLP, LSTM, GRU, several inputs.
 
 torch's dynamic INT8 model is the reference. Parity bounds (max |Δ| printed with -s):
-- MLP and GRU run torch's integer arithmetic op for op: ≤ 1e-5.
+- MLP and GRU run torch's integer arithmetic op for op: ≤ 1e-5 (GRU: or one 8-bit rounding of h
+  flipped by float summation order, ≤ 5% of max |INT8 − FP32|).
 - LSTM runs in ORT's DynamicQuantizeLSTM: ≤ 1e-5 with one thread. With two threads ORT splits the
   batch of a step across threads and quantizes h_{t−1} per chunk (a finer activation range than
   torch's one range per step), so the logits differ by up to the order of the quantization error
@@ -47,16 +48,18 @@ def _run(path: Path, feeds: dict[str, np.ndarray], threads: int = 1) -> np.ndarr
     return make_session(path, threads).run(None, feeds)[0]
 
 
-def _optimized_ops(path: Path, tmp_path: Path) -> list[str]:
+def _optimized_ops(path: Path, tmp_path: Path) -> tuple[list[str], list[list[str]]]:
+    """Op types of the graph ORT runs, Scan bodies included, and each Scan body's ops."""
     optimized = tmp_path / "optimized.onnx"
     make_session(path, optimized_model_path=optimized)
     proto = onnx.load(str(optimized))
-    ops = [node.op_type for node in proto.graph.node]
+    ops, bodies = [node.op_type for node in proto.graph.node], []
     for node in proto.graph.node:  # Scan bodies
         for attribute in node.attribute:
             if attribute.g.node:
-                ops += [n.op_type for n in attribute.g.node]
-    return ops
+                bodies.append([n.op_type for n in attribute.g.node])
+                ops += bodies[-1]
+    return ops, bodies
 
 
 @pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
@@ -69,6 +72,8 @@ def test_recurrent_quantize_export_parity(
     quantized = quantize_model(model, DynamicQuantConfig())
     kinds = quantized.details["modules"]
     assert kinds["rnn"] == cell.__name__.lower() and kinds["head"] == "linear"
+    schemes = {w.qscheme() for w in quantized.int8_model.rnn.get_weight().values()}
+    assert schemes == {torch.per_tensor_affine}  # recurrent_per_channel=False, the default
     result = export_int8_onnx(quantized, {"input_ids": torch.randint(0, 50, (2, 7))}, tmp_path / "m.onnx")
     assert result.recurrent == ["rnn.l0", "rnn.l1"]
     for batch, seq, threads in [(1, 5, 2), (4, 11, 1), (4, 11, 2)]:
@@ -83,8 +88,12 @@ def test_recurrent_quantize_export_parity(
         )
         assert quant_error > 20 * EXACT  # quantization is visible
         loose = cell is nn.LSTM and threads > 1 and batch > 1
-        assert diff <= (quant_error if loose else EXACT)
-    ops = _optimized_ops(result.path, tmp_path)
+        # GRU: h is re-quantized at every step, so a float-order difference of 1 ulp can move one
+        # value across an 8-bit rounding boundary (seen once in 9 per-tensor cases: 2.3e-5, 2% of
+        # the quantization error); a wrong export differs by the quantization error itself
+        flip = 0.05 * quant_error if cell is nn.GRU else EXACT
+        assert diff <= (quant_error if loose else max(EXACT, flip))
+    ops, bodies = _optimized_ops(result.path, tmp_path)
     if cell is nn.LSTM:
         assert ops.count("DynamicQuantizeLSTM") == 2 and "LSTM" not in ops
     else:  # one input projection per layer outside the Scan, one recurrent GEMM per direction inside
@@ -94,6 +103,9 @@ def test_recurrent_quantize_export_parity(
             op for op in ops if op in ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger")
         ]
         assert len(integer) == 1 + 2 + 2 * directions  # head + 2 projections + recurrences
+        # each step runs 12 nodes: the fused integer GEMM, one Add + Sigmoid for r and z together, ...
+        assert [len(body) for body in bodies] == [12] * 2 * directions
+        assert all(body.count("DynamicQuantizeMatMul") == 1 and body.count("Sigmoid") == 1 for body in bodies)
     rnn_weights = sum(p.numel() for n, p in model.named_parameters() if n.startswith("rnn.weight"))
     assert _int8_values(onnx.load(str(result.path)).graph) > rnn_weights  # + the head's
 
@@ -122,10 +134,13 @@ class FinalState(nn.Module):
 
 @pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
 def test_final_state_and_initial_state_through_check_parity(cell: type[nn.Module], tmp_path: Path) -> None:
+    """Also the per-row weight scales (``recurrent_per_channel=True``) of both cells."""
     from qtoolkit import check_parity
 
     torch.manual_seed(2)
-    quantized = quantize_model(FinalState(cell).eval(), DynamicQuantConfig())
+    quantized = quantize_model(FinalState(cell).eval(), DynamicQuantConfig(recurrent_per_channel=True))
+    schemes = {w.qscheme() for w in quantized.int8_model.rnn.get_weight().values()}
+    assert schemes == {torch.per_channel_affine}
     example = (torch.randn(3, 5, 6), torch.randn(4, 3, 10))
     result = export_int8_onnx(quantized, example, tmp_path / "h.onnx")
     batches = [(torch.randn(b, s, 6), torch.randn(4, b, 10)) for b, s in ((2, 4), (1, 9))]

@@ -4,7 +4,7 @@ onnxruntime has no integer GRU kernel (its ``quantize_dynamic`` leaves GRU float
 directions becomes (math in :mod:`qtoolkit.export.recurrent_passes`)::
 
     P   = MatMul(X, [W_ih,0ᵀ | W_ih,1ᵀ]) + [b_ih,0 | b_ih,1]     one integer GEMM, all steps, both directions
-    Y_d, h_d = Scan_d(h0_d, P_d)                                   integer W_hh · h_{t−1} per step
+    Y_d, h_d = Scan_d(h0_d, P_d[r|z], P_d[n])                      integer W_hh · h_{t−1} per step
     Y   = Concat(Y_d[:, None]) [seq, D, batch, H],   Y_h = Concat(h_d[None]) [D, batch, H]
 
 The projection is written as a float MatMul and handed to
@@ -49,12 +49,18 @@ def _stacked_projection(spec: RecurrentQuant) -> LinearQuant:
 
 
 def _body(spec: RecurrentQuant, direction: int, tag: str) -> ir.Graph:
-    """Scan body: (h_{t−1}, P_t) → (h_t, h_t) with the integer recurrent GEMM."""
+    """Scan body: (h_{t−1}, P_rz,t, P_n,t) → (h_t, h_t) with the integer recurrent GEMM.
+
+    Written with as few nodes as the math allows (Scan runs each node once per step, and at small
+    hidden sizes the per-node cost, not the GEMM, sets the speed): r and z share one Add and one
+    Sigmoid, and P arrives already split into its r|z and n parts.
+    """
     hidden = spec.hidden_size
     part = spec.directions[direction]
     h_prev = ir.Value(name=f"{tag}/h_prev", type=ir.TensorType(FLOAT), shape=ir.Shape([None, hidden]))
-    p_t = ir.Value(name=f"{tag}/p_t", type=ir.TensorType(FLOAT), shape=ir.Shape([None, 3 * hidden]))
-    body = ir.Graph([h_prev, p_t], [], nodes=[], name=f"{tag}/body")
+    p_rz = ir.Value(name=f"{tag}/p_rz", type=ir.TensorType(FLOAT), shape=ir.Shape([None, 2 * hidden]))
+    p_n = ir.Value(name=f"{tag}/p_n", type=ir.TensorType(FLOAT), shape=ir.Shape([None, hidden]))
+    body = ir.Graph([h_prev, p_rz, p_n], [], nodes=[], name=f"{tag}/body")
     nodes, (hq, hs, hz) = _quantize_activation(body, h_prev, part.w_hh.reduce_range, f"{tag}/h")
     wq = _const(body, f"{tag}.w_hh_quantized", np.ascontiguousarray(part.w_hh.weight_q.T))
     ws = _const(body, f"{tag}.w_hh_scale", part.w_hh.scale.astype(np.float32))
@@ -63,22 +69,26 @@ def _body(spec: RecurrentQuant, direction: int, tag: str) -> ir.Graph:
     if np.any(part.w_hh.zero_point != 0):
         mm_inputs.append(_const(body, f"{tag}.w_hh_zero_point", part.w_hh.zero_point))
 
-    def add(op: str, *inputs: ir.Value, **attributes: object) -> ir.Value:
-        node = ir.node(op, list(inputs), attributes or None, name=f"{tag}/{op}_{len(nodes)}")
+    def add(op: str, *inputs: ir.Value, outputs: int = 1, **attributes: object) -> ir.Node:
+        node = ir.node(
+            op, list(inputs), attributes or None, num_outputs=outputs, name=f"{tag}/{op}_{len(nodes)}"
+        )
         nodes.append(node)
-        return node.outputs[0]
+        return node
 
-    both = add("Mul", hs, ws)
-    gates_h = add("Add", add("Mul", add("Cast", add("MatMulInteger", *mm_inputs), to=FLOAT), both), bias)
-    split_p = ir.node("Split", [p_t], {"axis": -1, "num_outputs": 3}, num_outputs=3, name=f"{tag}/SplitP")
-    split_h = ir.node("Split", [gates_h], {"axis": -1, "num_outputs": 3}, num_outputs=3, name=f"{tag}/SplitH")
-    nodes += [split_p, split_h]
-    (pr, pz, pn), (gr, gz, gn) = split_p.outputs, split_h.outputs
-    reset = add("Sigmoid", add("Add", pr, gr))
-    update = add("Sigmoid", add("Add", pz, gz))
-    candidate = add("Tanh", add("Add", pn, add("Mul", reset, gn)))
-    h_new = add("Add", candidate, add("Mul", update, add("Sub", h_prev, candidate)))  # (1−z)·n + z·h
-    out = add("Identity", h_new)  # the state and the scan output must be distinct values
+    def one(op: str, *inputs: ir.Value, **attributes: object) -> ir.Value:
+        return add(op, *inputs, **attributes).outputs[0]
+
+    both = one("Mul", hs, ws)
+    gates_h = one("Add", one("Mul", one("Cast", one("MatMulInteger", *mm_inputs), to=FLOAT), both), bias)
+    sizes = _const(body, f"{tag}.split_rz_n", np.array([2 * hidden, hidden], np.int64))
+    g_rz, g_n = add("Split", gates_h, sizes, outputs=2, axis=-1).outputs
+    reset, update = add(
+        "Split", one("Sigmoid", one("Add", p_rz, g_rz)), outputs=2, axis=-1, num_outputs=2
+    ).outputs
+    candidate = one("Tanh", one("Add", p_n, one("Mul", reset, g_n)))
+    h_new = one("Add", candidate, one("Mul", update, one("Sub", h_prev, candidate)))  # (1−z)·n + z·h
+    out = one("Identity", h_new)  # the state and the scan output must be distinct values
     for node in nodes:
         body.append(node)
         for index, value in enumerate(node.outputs):  # the body names values val_N, like the main graph
@@ -108,17 +118,20 @@ def build_gru(model: ir.Model, node: ir.Node, spec: RecurrentQuant) -> list[ir.V
     weight = _const(graph, weight_name, np.ascontiguousarray(_dequantize(projection).T))
     bias = _const(graph, _unique(graph, f"{tag}.b_ih"), np.concatenate([d.b_ih for d in spec.directions]))
     projected = add("Add", [add("MatMul", [x, weight]).outputs[0], bias]).outputs[0]
-    parts = add("Split", [projected], {"axis": -1, "num_outputs": directions}, directions).outputs
+    # per direction its r|z and n columns, so that the body needs no Split of P
+    hidden = spec.hidden_size
+    sizes = _ints(graph, tag, [2 * hidden, hidden] * directions)[0]
+    parts = add("Split", [projected, sizes], {"axis": -1}, 2 * directions).outputs
     ys, hs = [], []
     for d in range(directions):
         h0 = add("Gather", [initial_h, _ints(graph, tag, d)[0]], {"axis": 0}).outputs[0]
         scan = add(
             "Scan",
-            [h0, parts[d]],
+            [h0, parts[2 * d], parts[2 * d + 1]],
             {
                 "body": _body(spec, d, f"{tag}.d{d}"),
-                "num_scan_inputs": 1,
-                "scan_input_directions": [d],
+                "num_scan_inputs": 2,
+                "scan_input_directions": [d, d],
                 "scan_output_directions": [d],
             },
             outputs=2,

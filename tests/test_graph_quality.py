@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torchvision.models.efficientnet import MBConv, MBConvConfig
 from torchvision.models.googlenet import Inception
+from torchvision.models.mobilenetv2 import InvertedResidual as V2Block
 from torchvision.models.mobilenetv3 import InvertedResidual as V3Block
 from torchvision.models.mobilenetv3 import InvertedResidualConfig
 from torchvision.models.shufflenetv2 import InvertedResidual as ShuffleUnit
@@ -32,7 +33,24 @@ def _head(channels: int) -> list[nn.Module]:
     return [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10)]
 
 
+class _FunctionalPoolHead(nn.Module):
+    """torchvision MobileNetV2's head: functional ``adaptive_avg_pool2d(x, (1, 1))``, flatten, Linear."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(channels, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, (1, 1)), 1))
+
+
 FAMILIES = {  # name -> (builder, integer kernels both graphs must have)
+    "mobilenetv2_functional_pool": (  # the pool must not become as_strided/Gather index arithmetic
+        lambda: nn.Sequential(*_stem(16, nn.ReLU6), nn.Conv2d(16, 16, 3, 2, 1), V2Block(16, 24, 2, 6),
+                              V2Block(24, 24, 1, 6), nn.Conv2d(24, 32, 1), nn.BatchNorm2d(32), nn.ReLU6(),
+                              _FunctionalPoolHead(32)),
+        {"QLinearAdd": 1, "QGemm": 1},
+    ),
     "squeezenet_fire": (
         lambda: nn.Sequential(*_stem(16), Fire(16, 8, 16, 16), nn.MaxPool2d(3, 2, ceil_mode=True),
                               Fire(32, 8, 16, 16), nn.Conv2d(32, 10, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
@@ -89,6 +107,7 @@ def test_optimized_graph_no_worse_than_ort_quantizer(name: str, tmp_path) -> Non
     )
 
     ours, peer = optimized_op_counts(tmp_path / "int8.onnx"), optimized_op_counts(tmp_path / "ort.onnx")
+    assert not {"Gather", "Range"} & ours.keys(), ours  # global pools: one ReduceMean, no index math
     mine, theirs = graph_quality(ours), graph_quality(peer)
     for key in ("float_ops", "dequantize", "layout"):
         assert mine[key] <= theirs[key], f"{name}: {key} {mine[key]} > ORT's {theirs[key]}\n{ours}\n{peer}"
@@ -100,3 +119,22 @@ def test_optimized_graph_no_worse_than_ort_quantizer(name: str, tmp_path) -> Non
         int8, tmp_path / "int8.onnx", [torch.randn(16, 3, 32, 32) for _ in range(2)]
     )
     assert parity["agreement"] >= 0.98, parity  # torch's INT8 model runs every rewritten op itself
+
+
+def test_functional_global_pool_becomes_one_mean() -> None:
+    """``F.adaptive_avg_pool2d(x, (1, 1))`` (MobileNetV2's head) is a mean in the QDQ reference: at
+    mobilenet_v2's 7x7 map torch.export decomposed the pool into as_strided/Gather index math
+    (float Add/Mul/Range in the graph ORT runs)."""
+    from qtoolkit.export import to_reference
+    from qtoolkit.export.reference import global_mean
+
+    model, calibration = _build("mobilenetv2_functional_pool")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        int8 = qtoolkit.quantize_model(
+            model, qtoolkit.StaticQuantConfig(), calibration=calibration, example_input=calibration[0][:1]
+        ).int8_model
+    pools = [n for n in int8.graph.nodes if "adaptive_avg_pool" in str(n.target)]
+    assert pools, "the converted graph calls the functional pool"
+    targets = [n.target for n in to_reference(int8).graph.nodes if n.op == "call_function"]
+    assert global_mean in targets and not any("adaptive_avg_pool" in str(t) for t in targets)

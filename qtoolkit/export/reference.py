@@ -192,8 +192,24 @@ class GlobalMean(nn.Module):
 
 
 def _global_mean(m: nn.Module) -> nn.Module | None:
-    size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,)
-    return GlobalMean() if all(s == 1 for s in size) else None
+    return GlobalMean() if _is_global(m.output_size) else None
+
+
+def _is_global(output_size: object) -> bool:
+    size = output_size if isinstance(output_size, tuple | list) else (output_size,)
+    return all(s == 1 for s in size)
+
+
+def global_mean(x: torch.Tensor) -> torch.Tensor:
+    """Functional :class:`GlobalMean` (for ``F.adaptive_avg_pool*d(x, 1)`` calls in FX graphs)."""
+    return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+# Functional adaptive average pools: with output size 1 they become one ReduceMean (see GlobalMean).
+_ADAPTIVE_AVG_POOLS = frozenset(
+    {F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.adaptive_avg_pool1d,
+     torch._C._nn.adaptive_avg_pool2d, torch._C._nn.adaptive_avg_pool3d}
+)  # fmt: skip
 
 
 def _quantize_stub(m: nnq.Quantize) -> nn.Module:
@@ -313,6 +329,10 @@ def _rewrite_fx_graph(gm: fx.GraphModule) -> None:
             qdq = add_qdq(node, node.args[0], float(scale), int(zero_point), dtype)
             node.replace_all_uses_with(qdq)
             graph.erase_node(node)
+        elif node.op == "call_function" and node.target in _ADAPTIVE_AVG_POOLS:
+            size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+            if _is_global(size):  # torch.export decomposes some into as_strided/Gather index math
+                node.target, node.args, node.kwargs = global_mean, (node.args[0],), {}
         elif node.op == "call_method" and node.target == "dequantize":
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)

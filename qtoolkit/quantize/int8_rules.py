@@ -23,6 +23,12 @@ DequantizeLinear/QuantizeLinear with NCHW<->NHWC Transposes around it.
   of x already lies on x's grid, so requantizing it onto another grid can only add rounding. A
   ``cat`` that received such a piece becomes ``quantized.cat`` onto its calibrated grid (as
   onnxruntime's QLinearConcat requantizes each input).
+* ``cat_on_int8``: a plain ``torch.cat`` of INT8 tensors (ViT's class token and patch tokens)
+  becomes ``quantized.cat`` onto its first input's grid. torch's quantized ``cat`` kernel already
+  outputs the first input's (scale, zero point), requantizing the others, so torch's numbers do
+  not change; the QDQ reference and the ONNX graph now round onto that grid too (a Concat between
+  DequantizeLinear and QuantizeLinear: QLinearConcat in onnxruntime), where before they kept the
+  other inputs on their own grids, off torch's by up to half an LSB.
 """
 
 from __future__ import annotations
@@ -233,6 +239,60 @@ def _cat_to_grid(gm: fx.GraphModule, cat: fx.Node, scale: object, zero_point: ob
     gm.graph.erase_node(cat)
 
 
+# Ops whose quantized output keeps their input's (scale, zero point).
+_GRID_METHODS = frozenset({"view", "reshape", "permute", "transpose", "flatten", "squeeze", "unsqueeze",
+                           "contiguous", "expand", "repeat"})  # fmt: skip
+_GRID_FUNCTIONS = (operator.getitem, torch.flatten, torch.reshape, torch.permute, torch.transpose)
+
+
+def _constant(gm: fx.GraphModule, arg: object) -> object:
+    if isinstance(arg, fx.Node) and arg.op == "get_attr":
+        value = getattr(gm, str(arg.target))
+        return value.item() if isinstance(value, torch.Tensor) else value
+    return arg
+
+
+def output_qparams(gm: fx.GraphModule, node: object) -> tuple[float, int] | None:
+    """(scale, zero point) of an INT8 value of ``gm`` when the graph fixes them statically, else None."""
+    while isinstance(node, fx.Node):
+        if _is_quantize(node):
+            scale, zero_point = (_constant(gm, a) for a in node.args[1:3])
+            return (float(scale), int(zero_point)) if not isinstance(scale, fx.Node) else None
+        if node.op == "call_module":
+            module = gm.get_submodule(str(node.target))
+            if isinstance(getattr(module, "scale", None), float | torch.Tensor) and hasattr(
+                module, "zero_point"
+            ):
+                return float(module.scale), int(module.zero_point)
+            return None
+        grid = (node.op == "call_method" and node.target in _GRID_METHODS) or (
+            node.op == "call_function" and node.target in _GRID_FUNCTIONS
+        )
+        if not grid:
+            return None
+        node = node.args[0]
+    return None
+
+
+def cat_on_int8(gm: fx.GraphModule) -> list[str]:
+    """``torch.cat`` of INT8 tensors -> ``quantized.cat`` onto its first input's grid (module docstring)."""
+    from qtoolkit.export.fixed_qparams import int8_values
+
+    quantized, done = int8_values(gm), []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not torch.cat or not node.args:
+            continue
+        tensors = node.args[0]
+        if not isinstance(tensors, list | tuple) or not all(t in quantized for t in tensors):
+            continue
+        qparams = output_qparams(gm, tensors[0])
+        if qparams is None or all(output_qparams(gm, t) == qparams for t in tensors[1:]):
+            continue  # unknown grid, or every input already on it
+        _cat_to_grid(gm, node, *qparams)
+        done.append(node.name)
+    return _finish(gm, done)
+
+
 def _finish(gm: fx.GraphModule, done: list[str]) -> list[str]:
     if done:
         gm.graph.eliminate_dead_code()
@@ -248,6 +308,7 @@ INT8_RULES: dict[str, Callable[[fx.GraphModule], list[str]]] = {
     "int8_silu": silu_on_int8,
     "int8_split": split_on_int8,
     "int8_hardswish": hardswish_on_int8,
+    "int8_cat": cat_on_int8,
     "float_output_tail": float_output_tail,
 }
 

@@ -251,3 +251,22 @@ def test_converted_int8_weights_are_the_learned_integers_and_runs_repeat():
         assert torch.allclose(
             weight.q_per_channel_scales().float(), context.fixed_scales[name].double().float()
         )
+
+
+def test_recipe_keys_reach_the_static_config(tmp_path):
+    from qtoolkit.configs import static_config
+    from qtoolkit.recipe import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\nquantize:\n  activation_observer: mse\n  mode: fx\n")
+    keys = [
+        "quantize.equalize=true",
+        "quantize.bias_correction=true",
+        "quantize.adaround={seconds: 5, seed: 2}",
+    ]
+    config = static_config(load_recipe(path, keys))
+    assert config.observers.activation == "mse" and config.equalize and config.bias_correction
+    assert config.adaround == AdaRoundConfig(seconds=5.0, seed=2)
+    assert static_config(load_recipe(path)).adaround is None
+    with pytest.raises(QtkError, match="adaround"):
+        static_config(load_recipe(path, ["quantize.adaround={seconds: 0}"]))

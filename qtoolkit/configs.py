@@ -23,6 +23,7 @@ from typing import Any
 from qtoolkit.cache import cache_key
 from qtoolkit.errors import QtkError
 from qtoolkit.quantize import (
+    AdaRoundConfig,
     DynamicQuantConfig,
     ObserverSpec,
     QATConfig,
@@ -74,6 +75,9 @@ def static_config(recipe: Recipe) -> StaticQuantConfig:
             observers=observers,
             mode=section.mode,
             skip_modules=tuple(section.skip_modules),
+            equalize=section.equalize,
+            bias_correction=section.bias_correction,
+            adaround=AdaRoundConfig(**asdict(section.adaround)) if section.adaround is not None else None,
         )
 
 

@@ -84,6 +84,20 @@ class QATSection:
 
 
 @dataclass
+class AdaRoundSection:
+    """quantize.adaround: learned rounding (qtoolkit.quantize.adaround.AdaRoundConfig, key for key)."""
+
+    iterations: int = 300
+    seconds: float = 900.0
+    samples: int = 32
+    batch_size: int = 8
+    lr: float = 0.05
+    reg_weight: float = 1.0
+    warmup: float = 0.2
+    seed: int = 0
+
+
+@dataclass
 class QuantizeSection:
     method: str = "static"  # static | dynamic | qat
     backend: str = "x86"
@@ -94,6 +108,9 @@ class QuantizeSection:
     reduce_range: bool | None = None
     skip_modules: list[str] = field(default_factory=list)
     embeddings: bool = True  # dynamic: also quantize embedding tables (weight-only, uint8 per row)
+    equalize: bool = False  # static FX: cross-layer equalization (quantize/equalization.py)
+    bias_correction: bool = False  # static FX: empirical bias correction (quantize/bias_correction.py)
+    adaround: AdaRoundSection | None = None  # static FX: learned rounding; {} for the defaults
     calibration: CalibrationSection = field(default_factory=CalibrationSection)
     qat: QATSection = field(default_factory=QATSection)
 

@@ -52,7 +52,7 @@ def test_four_bit_weights_use_the_narrow_range():
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"activation": "percentile"}, "unknown activation observer 'percentile'"),
+        ({"activation": "kl-divergence"}, "unknown activation observer 'kl-divergence'"),
         ({"weight": "per_row"}, "unknown weight observer 'per_row'"),
         ({"weight_bits": 1}, "weight_bits must be between 2 and 8"),
     ],

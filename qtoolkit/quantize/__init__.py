@@ -1,5 +1,6 @@
 """Quantize stage: one verb, ``quantize(model, config, ...)``, over dataclass configs."""
 
+from qtoolkit.quantize.adaround import AdaRoundConfig
 from qtoolkit.quantize.api import METHODS, QuantizedModel, get_method, quantize, register_quantizer
 from qtoolkit.quantize.base import QuantConfig
 from qtoolkit.quantize.dynamic import DynamicQuantConfig  # registers "dynamic"
@@ -9,6 +10,7 @@ from qtoolkit.quantize.static import StaticQuantConfig
 
 __all__ = [
     "METHODS",
+    "AdaRoundConfig",
     "DynamicQuantConfig",
     "ObserverSpec",
     "QATConfig",

@@ -27,11 +27,14 @@ from qtoolkit.quantize.base import (  # noqa: F401  (BACKENDS, set_backend, weig
     weight_grid,
     weight_range,
 )
+from qtoolkit.quantize.observers import MSEObserver, PercentileObserver
 
 ACTIVATION_OBSERVERS = {
     "minmax": tq.MinMaxObserver,
     "moving_average": tq.MovingAverageMinMaxObserver,
     "histogram": tq.HistogramObserver,
+    "percentile": PercentileObserver,  # [0.01%, 99.99%] of the calibration histogram
+    "mse": MSEObserver,  # range with the least expected squared error (quantize/observers.py)
 }
 WEIGHT_SCHEMES = {
     "per_channel": (tq.PerChannelMinMaxObserver, torch.per_channel_symmetric),

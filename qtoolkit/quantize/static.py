@@ -29,6 +29,8 @@ from tqdm.auto import tqdm
 
 from qtoolkit.data.calibration import CalibrationReader, checked_batches
 from qtoolkit.errors import QtkError
+from qtoolkit.quantize.adaround import AdaRoundConfig
+from qtoolkit.quantize.algorithms import enabled_passes, fixed_scale_qconfig, run_passes
 from qtoolkit.quantize.attention import rewrite_attention
 from qtoolkit.quantize.base import MODES, QuantConfig, check_choice, set_backend
 from qtoolkit.quantize.canonical import (
@@ -73,11 +75,19 @@ class StaticQuantConfig(QuantConfig):
     clamp_aware: bool = True  # FX: observers feeding ReLU6/Hardtanh/ReLU observe the clamped value
     pool_own_qparams: bool = True  # FX: global average pools run in float; their output gets own qparams
     int8_rules: bool = True  # FX: SiLU as x·sigmoid(x) and chunk/split on INT8 (quantize/int8_rules.py)
+    # Post-training algorithms on the BN-folded float model before prepare (quantize/algorithms.py):
+    equalize: bool = False  # cross-layer equalization of conv -> ReLU(6) -> conv pairs
+    bias_correction: bool = False  # move the mean shift of weight rounding into the float bias
+    adaround: AdaRoundConfig | None = None  # learned rounding (None: round to nearest)
 
     def validate(self) -> None:
         if not isinstance(self.observers, ObserverSpec):
             raise QtkError(f"StaticQuantConfig.observers must be an ObserverSpec, not {self.observers!r}")
         check_choice("StaticQuantConfig", "mode", self.mode, MODES)
+        if self.adaround is not None and not isinstance(self.adaround, AdaRoundConfig):
+            raise QtkError(
+                f"StaticQuantConfig.adaround must be an AdaRoundConfig or None, not {self.adaround!r}"
+            )
 
 
 @dataclass
@@ -150,6 +160,7 @@ def _prepare_fx(
     example: torch.Tensor,
     rules: dict[str, list[str]],
     pool_observers: dict[str, nn.Module],
+    calibration: CalibrationReader | Iterable[object],
 ) -> tuple[nn.Module, list[str]]:
     from torch.ao.quantization.quantize_fx import prepare_fx
 
@@ -168,6 +179,14 @@ def _prepare_fx(
             rules["attention"] = list(attention)
             rules["float_softmax"] = [name for name, m in attention.items() if m.float_softmax]
             model, rules["canonicalized"] = canonicalize_for_fx(model)
+    except Exception as error:  # symbolic tracing raises many types
+        raise QtkError(fx_error_message(original, error)) from error
+    if enabled_passes(config):  # equalization, learned rounding, bias correction on the float model
+        model, context = run_passes(model, config, calibration, qconfig)
+        rules.update({f"algorithm_{name}": list(done) for name, done in context.log.items()})
+        for name, scale in context.fixed_scales.items():  # AdaRound's grid: convert must keep it
+            mapping.set_module_name(name, fixed_scale_qconfig(qconfig, scale))
+    try:
         prepared = prepare_fx(model, mapping, example_inputs=(example,), backend_config=backend_config())
         if config.clamp_aware:
             rules["clamp_aware_observers"] = clamp_aware_observers(prepared)
@@ -212,10 +231,16 @@ def quantize_static(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*(reduce_range|quant_min|TypedStorage).*")
+        if mode == "eager" and enabled_passes(config):
+            raise QtkError(
+                f"{', '.join(enabled_passes(config))} run in FX mode only; set mode: fx (quantize.mode)"
+            )
         if mode == "eager":
             prepared, kept = _prepare_eager(model, qconfig, config.skip_modules), []
         else:
-            prepared, kept = _prepare_fx(model, qconfig, config, example_input, rules, pool_observers)
+            prepared, kept = _prepare_fx(
+                model, qconfig, config, example_input, rules, pool_observers, calibration
+            )
         batches = _calibrate(prepared, calibration)
         observed = copy.deepcopy(prepared) if keep_observed else None
         if mode == "eager":

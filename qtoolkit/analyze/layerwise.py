@@ -32,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qtoolkit.atomic import atomic_path
+from qtoolkit.runtime.torch_runner import call_model
 
 
 @dataclass
@@ -158,8 +159,8 @@ def layerwise_sqnr(
             for batch in tqdm(batches, desc="layerwise SQNR", unit="batch", leave=False):
                 x = batch[0] if isinstance(batch, tuple | list) else batch
                 fp32_out.clear()
-                observed_model(x)
-                int8_model(x)
+                call_model(observed_model, x)  # a tensor, or named inputs (text models)
+                call_model(int8_model, x)
     finally:
         for handle in handles:
             handle.remove()

@@ -176,3 +176,69 @@ def test_bad_tolerance_is_one_line(tmp_path, capsys):
     code = main(["tune", str(_recipe(tmp_path)), "--tolerance", "-1", "--out", str(tmp_path / "o")])
     assert code == 2 and "--tolerance" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_validation_holdout_is_disjoint_balanced_and_deterministic():
+    import numpy as np
+
+    from qtoolkit.data.calibration import balanced_indices, holdout_indices
+
+    labels = np.repeat(np.arange(5), 40)
+    calibration = balanced_indices(labels, 50, seed=0)
+    val = holdout_indices(labels, 60, seed=0, exclude=calibration)
+    assert not set(val) & set(calibration) and len(val) == 60
+    assert np.bincount(labels[val]).tolist() == [12] * 5
+    assert (holdout_indices(labels, 60, seed=0, exclude=calibration) == val).all()
+    assert len(holdout_indices(labels, 10_000, seed=0, exclude=calibration)) == 150  # capped at the rest
+
+
+@pytest.mark.slow  # fine-tunes a tiny BERT, then dynamic trials with ONNX exports
+def test_dynamic_tune_falls_back_per_linear(tmp_path):
+    pytest.importorskip("transformers")
+    from models_for_tests import save_tiny_bert
+    from test_text_pipeline import _write_csv
+
+    model_dir = save_tiny_bert(tmp_path / "tiny-bert", num_labels=2)
+    data = tmp_path / "reviews.csv"
+    _write_csv(data, rows=200)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"""
+name: tiny-text
+task: text-classification
+model: {{name: tiny, path: {model_dir}}}
+data: {{name: text-file, root: {data}, text_column: review, label_column: sentiment, max_length: 16}}
+train: {{max_steps: 30, batch_size: 16, lr: 0.001, optimizer: adamw, schedule: linear, warmup_steps: 2}}
+quantize: {{method: dynamic}}
+evaluate: {{tolerance_pp: 100, min_agreement: 0.0, batch_size: 16, warmup: 1, repeats: 2}}
+"""
+    )
+    out = tmp_path / "out"
+    args = ["tune", str(recipe), "--tolerance", "0", "--max-trials", "3", "--setting-trials", "1"]
+    code = main([*args, "--out", str(out), "--cache", str(tmp_path / "cache")])
+    report = json.loads((out / "report.json").read_text())
+    assert code == (0 if report["met"] else 1)
+    ranked = [r["module"] for r in report["ranking"]]
+    if report["trials"][0]["meets"]:  # plain PTQ already lossless on validation: nothing to fall back
+        assert len(report["trials"]) == 1
+        return
+    assert ranked and all("Linear" in r["kind"] or "Embedding" in r["kind"] for r in report["ranking"])
+    fallback = [t for t in report["trials"] if t["phase"] == "fallback"]
+    assert fallback[0]["float_modules"] == ranked[:1]
+    tuned = load_recipe(out / "recipe_tuned.yaml")
+    assert tuned.quantize.skip_modules == report["winner"]["float_modules"]
+    final = json.loads((out / "final" / "report.json").read_text())
+    kept = set(final["quantization"]["modules"])
+    assert not kept & set(tuned.quantize.skip_modules)  # excluded Linears stayed float
+
+
+def test_fallback_ranking_is_worst_sqnr_first_and_repeatable(tmp_path):
+    from qtoolkit.tasks.base import prepare_task
+    from qtoolkit.tune.sensitivity import rank_modules
+
+    recipe = load_recipe(_recipe(tmp_path, weight_bits=3))
+    task = prepare_task(recipe, tmp_path)
+    first, second = (rank_modules(recipe, task, tmp_path) for _ in range(2))
+    assert [r.module for r in first] == [r.module for r in second]
+    assert {"conv1", "conv2", "conv3", "fc"} <= {r.module for r in first}
+    assert [r.sqnr_db for r in first] == sorted(r.sqnr_db for r in first)

@@ -157,6 +157,7 @@ def test_tune_falls_back_deterministically_and_qtk_run_reproduces(tmp_path, caps
     assert rerun["metrics"]["int8_onnx"]["accuracy"] == a["test"]["int8_onnx"]
 
 
+@pytest.mark.slow  # two trials and the final qtk run: ~20-30 s
 def test_no_trial_meets_the_tolerance_exports_the_best_and_exits_1(tmp_path, capsys):
     recipe = _recipe(tmp_path, weight_bits=2)
     out = tmp_path / "out"

@@ -243,3 +243,16 @@ def test_fallback_ranking_is_worst_sqnr_first_and_repeatable(tmp_path):
     assert [r.module for r in first] == [r.module for r in second]
     assert {"conv1", "conv2", "conv3", "fc"} <= {r.module for r in first}
     assert [r.sqnr_db for r in first] == sorted(r.sqnr_db for r in first)
+
+
+def test_dynamic_linears_are_ranked_full_range_ones_included():
+    from qtoolkit.analyze.layerwise import layerwise_sqnr
+    from qtoolkit.quantize.dynamic import DynamicQuantConfig, quantize_dynamic
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    batches = [(torch.randn(32, 8), torch.zeros(32))]
+    for reduce_range in (False, True):  # False: qtoolkit's FullRangeDynamicLinear subclass
+        int8 = quantize_dynamic(model, DynamicQuantConfig(reduce_range=reduce_range))
+        rows = layerwise_sqnr(model, int8, batches)
+        assert sorted(r.module for r in rows) == ["0", "2"] and all(r.sqnr_db > 10 for r in rows)

@@ -48,8 +48,9 @@ class LayerSQNR:
 
 
 def _is_quantized(module: nn.Module) -> bool:
-    name = type(module).__module__
-    return name.startswith("torch.ao.nn.") and ".quantized" in name and hasattr(module, "scale")
+    """A torch.ao quantized module, or a subclass of one (e.g. qtoolkit's full-range dynamic Linear)."""
+    names = (cls.__module__ for cls in type(module).__mro__)
+    return hasattr(module, "scale") and any(n.startswith("torch.ao.nn.") and ".quantized" in n for n in names)
 
 
 def quantized_modules(int8_model: nn.Module) -> dict[str, nn.Module]:

@@ -43,6 +43,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if report["passed"] else EXIT_CHECKS_FAILED
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from qtoolkit.recipe import load_recipe
+    from qtoolkit.tune import tune
+    from qtoolkit.tune.report import summary
+
+    recipe = load_recipe(args.recipe, args.set or [])
+    report = tune(
+        recipe,
+        args.tolerance,
+        args.out,
+        max_trials=args.max_trials,
+        time_budget_s=args.time_budget,
+        seed=args.seed,
+        cache_dir=args.cache,
+        setting_trials=args.setting_trials,
+    )
+    print(summary(report))
+    print(f"tuned recipe, final/ artifacts and report.json in {args.out}")
+    if not report["met"]:
+        print(f"qtk tune: {report['message']}", file=sys.stderr)
+        return EXIT_CHECKS_FAILED
+    return 0
+
+
 def _cmd_recipes(args: argparse.Namespace) -> int:
     from qtoolkit.recipe import load_recipe
 
@@ -174,6 +198,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _runtime_options(run, "ONNX runtime to evaluate on (repeatable; replaces evaluate.runtimes)")
     run.set_defaults(func=_cmd_run)
+
+    tune = commands.add_parser(
+        "tune",
+        help="accuracy-aware tuning: settings, then float fallback, judged on INT8 ONNX on a validation split",
+    )
+    tune.add_argument("recipe", help="recipe file (YAML) with quantize.method static or dynamic")
+    tune.add_argument(
+        "--tolerance", type=float, required=True, metavar="PP",
+        help="allowed validation accuracy drop of INT8 ONNX vs FP32 torch, in percentage points",
+    )  # fmt: skip
+    tune.add_argument("--max-trials", type=int, default=20, help="at most this many trials (default 20)")
+    tune.add_argument(
+        "--time-budget", type=float, default=None, metavar="S", help="stop starting trials after S s"
+    )
+    tune.add_argument(
+        "--setting-trials", type=int, default=None, metavar="N",
+        help="trials for observer/algorithm settings, the plain recipe included (default: half of --max-trials)",
+    )  # fmt: skip
+    tune.add_argument("--seed", type=int, default=0, help="seed of the search (same seed, same trials)")
+    tune.add_argument("--out", required=True, help="directory for recipe_tuned.yaml, final/ and report.json")
+    tune.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key")
+    tune.add_argument("--cache", default=None, help="cache directory (default $QTK_CACHE)")
+    tune.set_defaults(func=_cmd_tune)
 
     predict = commands.add_parser(
         "predict", help="classify texts with a deploy directory (onnxruntime + tokenizers only)"

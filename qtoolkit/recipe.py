@@ -36,6 +36,7 @@ class DataSection:
     image_size: int = 224
     train_limit: int | None = None  # first N training samples (reduced budgets, tests)
     test_limit: int | None = None  # first N test samples (reduced budgets, tests)
+    val_size: int = 2000  # images: validation subset of train, disjoint from calibration (qtk tune)
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"

@@ -9,7 +9,8 @@ Ranks (a module may import its own rank and lower ones):
   4 peers       comparisons with onnxruntime's quantizer (build, quantize, export, evaluate)
   5 tasks, recipe (the schema every task reads), configs (recipe -> configs, used by tasks too)
   6 pipeline, analyze (recipe-level commands)
-  7 front       cli, __main__, the package facade (qtoolkit/__init__.py)
+  7 tune        accuracy-aware tuning (runs pipeline and analyze per trial)
+  8 front       cli, __main__, the package facade (qtoolkit/__init__.py)
 An import from a lower rank to a higher one fails the test unless its statement carries a comment
 ``# layering: <why>``. Imports under ``if TYPE_CHECKING:`` never run and are not counted.
 
@@ -32,7 +33,8 @@ RANKS = {
     "peers": 4,
     **dict.fromkeys(("tasks", "recipe", "configs"), 5),
     **dict.fromkeys(("pipeline", "analyze"), 6),
-    **dict.fromkeys(("cli", "__main__", "__init__"), 7),
+    "tune": 7,
+    **dict.fromkeys(("cli", "__main__", "__init__"), 8),
 }
 JUSTIFIED = "# layering:"
 

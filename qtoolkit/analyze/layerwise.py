@@ -32,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qtoolkit.atomic import atomic_path
+from qtoolkit.runtime.torch_runner import call_model
 
 
 @dataclass
@@ -47,8 +48,9 @@ class LayerSQNR:
 
 
 def _is_quantized(module: nn.Module) -> bool:
-    name = type(module).__module__
-    return name.startswith("torch.ao.nn.") and ".quantized" in name and hasattr(module, "scale")
+    """A torch.ao quantized module, or a subclass of one (e.g. qtoolkit's full-range dynamic Linear)."""
+    names = (cls.__module__ for cls in type(module).__mro__)
+    return hasattr(module, "scale") and any(n.startswith("torch.ao.nn.") and ".quantized" in n for n in names)
 
 
 def quantized_modules(int8_model: nn.Module) -> dict[str, nn.Module]:
@@ -158,8 +160,8 @@ def layerwise_sqnr(
             for batch in tqdm(batches, desc="layerwise SQNR", unit="batch", leave=False):
                 x = batch[0] if isinstance(batch, tuple | list) else batch
                 fp32_out.clear()
-                observed_model(x)
-                int8_model(x)
+                call_model(observed_model, x)  # a tensor, or named inputs (text models)
+                call_model(int8_model, x)
     finally:
         for handle in handles:
             handle.remove()

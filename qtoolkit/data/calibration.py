@@ -99,6 +99,16 @@ def balanced_indices(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray
     return np.sort(np.concatenate(chosen))
 
 
+def holdout_indices(labels: np.ndarray, size: int, seed: int, exclude: np.ndarray) -> np.ndarray:
+    """A validation subset: :func:`balanced_indices` over the indices not in ``exclude``.
+
+    Drawn from a train split minus its calibration subset (so calibration and validation never share
+    an image), with its own seed stream (``seed + 1``); sorted, deterministic for (labels, size, seed).
+    """
+    rest = np.setdiff1d(np.arange(len(labels)), np.asarray(exclude, dtype=np.int64))
+    return rest[balanced_indices(labels[rest], min(size, len(rest)), seed + 1)]
+
+
 def fingerprint(indices: np.ndarray, images: np.ndarray, labels: np.ndarray) -> str:
     """sha256 over the subset's indices, then its image bytes and labels in index order."""
     digest = hashlib.sha256()

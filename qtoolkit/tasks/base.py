@@ -36,6 +36,9 @@ class PreparedTask:
     baseline_info: dict[str, Any] = field(default_factory=dict)
     latency_input: Callable[[int], Any] | None = None  # batch size -> inputs; default repeats example
     write_deploy: Callable[[Path, Path], None] | None = None  # (out dir, INT8 ONNX) -> deploy files
+    # Held-out (inputs, labels) batches disjoint from test, for choices (``qtk tune``); never test data.
+    val_batches: Iterable[tuple[Any, torch.Tensor]] | None = None
+    val_info: dict[str, Any] = field(default_factory=dict)  # source, size, sha256 of the validation split
 
     def latency_batch(self, batch_size: int) -> Any:
         make = self.latency_input or repeat_example(self.example_input)

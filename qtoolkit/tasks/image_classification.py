@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from qtoolkit.configs import baseline_train_config
 from qtoolkit.data import fashion_mnist
-from qtoolkit.data.calibration import calibration_set, fingerprint
+from qtoolkit.data.calibration import calibration_set, fingerprint, holdout_indices
 from qtoolkit.data.image_folder import image_folder
 from qtoolkit.errors import QtkError
 from qtoolkit.models import create_model
@@ -106,6 +106,8 @@ def prepare_image_classification(recipe: Recipe, cache_dir: Path) -> PreparedTas
     calib = calibration_set(recipe.data.name, calib_images, calib_labels, section.size, section.seed)
     model, baseline_info = _baseline(recipe, train, data_info, cache_dir)
     full_train = train.dataset if isinstance(train, Subset) else train  # calibration indexes the full split
+    # Validation (for choices such as qtk tune's): train images outside the calibration subset.
+    val_indices = holdout_indices(calib_labels, recipe.data.val_size, section.seed, calib.indices)
     return PreparedTask(
         fp32_model=model,
         example_input=full_train[int(calib.indices[0])][0].unsqueeze(0),
@@ -115,4 +117,12 @@ def prepare_image_classification(recipe: Recipe, cache_dir: Path) -> PreparedTas
         train_dataset=train,
         data_info={**data_info, "train_size": len(train), "test_size": len(test)},
         baseline_info=baseline_info,
+        val_batches=DataLoader(
+            Subset(full_train, val_indices.tolist()), batch_size=recipe.evaluate.batch_size, shuffle=False
+        ),
+        val_info={
+            "source": "train split minus calibration subset",
+            "size": len(val_indices),
+            "sha256": fingerprint(val_indices, calib_images, calib_labels),
+        },
     )

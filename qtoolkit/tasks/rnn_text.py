@@ -178,4 +178,6 @@ def prepare_rnn_text_classification(recipe: Recipe, cache_dir: Path) -> Prepared
         baseline_info=baseline_info,
         latency_input=_full_length_input(encoder, token_id_bound(encoder), encoder.max_length),
         write_deploy=write_deploy,
+        val_batches=_batches(encoder, splits.val, recipe.evaluate.batch_size),
+        val_info={"source": "split val", "size": len(splits.val), "sha256": splits.fingerprint},
     )

@@ -127,4 +127,6 @@ def prepare_text_classification(recipe: Recipe, cache_dir: Path) -> PreparedTask
         },
         latency_input=_full_length_input(encoder, model.config.vocab_size, config.max_length),
         write_deploy=write_deploy,
+        val_batches=_batches(encoder, splits.val, recipe.evaluate.batch_size),
+        val_info={"source": "split val", "size": len(splits.val), "sha256": splits.fingerprint},
     )

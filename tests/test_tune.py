@@ -1,0 +1,258 @@
+"""``qtk tune``: search order, budgets, fallback determinism, the winning recipe reproduced by
+``qtk run``, and the "no trial meets the tolerance" path (best exported, exit 1).
+
+A tiny task registered here keeps the static tests fast: a small FX conv net with random weights,
+random images labelled by the FP32 model itself (FP32 accuracy 100%), so any INT8 error is a drop.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from qtoolkit.cli import main
+from qtoolkit.errors import QtkError
+from qtoolkit.recipe import QuantizeSection, load_recipe
+from qtoolkit.tasks.base import PreparedTask, register_task
+from qtoolkit.tune import Axis, candidate_settings, register_axis
+from qtoolkit.tune.space import AXES
+
+TASK = "tune-tiny-images"
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(64, 10)
+        with torch.no_grad():  # no constant offsets: the label depends on the input
+            for conv in (self.conv1, self.conv2, self.conv3):
+                conv.bias.zero_()
+            self.fc.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv1(x))
+        y = torch.relu(self.conv2(y))
+        y = nn.functional.adaptive_avg_pool2d(self.conv3(y), 2).flatten(1)
+        return self.fc(y)
+
+
+def _labelled(model: nn.Module, seed: int, batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        for _ in range(batches):
+            x = torch.randn(64, 3, 8, 8, generator=generator)
+            out.append((x, model(x).argmax(1)))
+    return out
+
+
+@register_task(TASK)
+def _prepare_tiny(recipe, cache_dir) -> PreparedTask:
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    calibration = [x for x, _ in _labelled(model, 1, 2)]
+    return PreparedTask(
+        fp32_model=model,
+        example_input=calibration[0][:1],
+        calibration=calibration,
+        calibration_info={"size": 128, "fingerprint": "tiny"},
+        eval_batches=_labelled(model, 2, 4),
+        val_batches=_labelled(model, 3, 4),
+        val_info={"source": "tiny", "size": 256},
+    )
+
+
+def _recipe(tmp_path, weight_bits: int = 8, observer: str = "minmax"):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny-static",
+                "task": TASK,
+                "quantize": {
+                    "method": "static",
+                    "mode": "fx",
+                    "activation_observer": observer,
+                    "weight_bits": weight_bits,
+                },
+                "evaluate": {"tolerance_pp": 100.0, "min_agreement": 0.0, "warmup": 1, "repeats": 3},
+            }
+        )
+    )
+    return path
+
+
+def test_space_reads_the_registries_and_starts_with_the_recipe(monkeypatch):
+    from qtoolkit.quantize import qconfig
+
+    monkeypatch.setitem(qconfig.ACTIVATION_OBSERVERS, "planted", qconfig.ACTIVATION_OBSERVERS["minmax"])
+    settings = candidate_settings(
+        QuantizeSection(activation_observer="minmax", weight_observer="per_channel")
+    )
+    assert settings[0] == {"activation_observer": "minmax", "weight_observer": "per_channel"}
+    assert {"activation_observer": "planted", "weight_observer": "per_channel"} in settings
+    assert len(settings) == len(qconfig.ACTIVATION_OBSERVERS) * len(qconfig.WEIGHT_SCHEMES)
+    changes = [sum(s[k] != settings[0][k] for k in s) for s in settings]
+    assert changes == sorted(changes)  # one change at a time before pairs
+    dynamic = candidate_settings(QuantizeSection(method="dynamic", reduce_range=None))
+    assert dynamic[0]["reduce_range"] is False and len(dynamic) == len(qconfig.WEIGHT_SCHEMES) * 2 * 2
+    with pytest.raises(QtkError, match="qat"):
+        candidate_settings(QuantizeSection(method="qat"))
+
+
+def test_registered_axis_joins_the_space(monkeypatch):
+    monkeypatch.setitem(AXES, "static", list(AXES["static"]))
+    register_axis("static", Axis("reduce_range", lambda: (False, True), bool))
+    settings = candidate_settings(QuantizeSection())
+    assert {s["reduce_range"] for s in settings} == {False, True}
+
+
+@pytest.mark.slow  # two tunes and a qtk run: ~40 s on a quiet machine
+def test_tune_falls_back_deterministically_and_qtk_run_reproduces(tmp_path, capsys):
+    recipe = _recipe(tmp_path, weight_bits=3)
+    args = ["tune", str(recipe), "--tolerance", "0.5", "--max-trials", "3", "--cache", str(tmp_path / "c")]
+    runs = []
+    for name in ("a", "b"):
+        code = main([*args, "--out", str(tmp_path / name)])
+        runs.append((code, json.loads((tmp_path / name / "report.json").read_text())))
+    (code_a, a), (_, b) = runs
+    assert code_a == (0 if a["met"] else 1)
+    trials = a["trials"]
+    assert trials[0]["phase"] == "plain" and not trials[0]["meets"]  # 3-bit weights miss 0.5 pp
+    fallback = [t for t in trials if t["phase"] == "fallback"]
+    assert fallback, "the settings alone met a tolerance they should not"
+    ranking = [r["module"] for r in a["ranking"]]
+    for k, trial in enumerate(fallback, 1):  # cumulative, in ranking order (worst SQNR first)
+        assert trial["float_modules"] == ranking[:k]
+    assert [t["float_modules"] for t in b["trials"]] == [t["float_modules"] for t in trials]
+    assert a["ranking"] == b["ranking"]
+    for trial in trials:
+        assert set(trial) >= {"settings", "val_accuracy", "latency_ms", "size_mb", "seconds"}
+        assert trial["error"] is None and 0.0 <= trial["val_accuracy"] <= 1.0
+    best = max(t["val_accuracy"] for t in trials)
+    winner = trials[a["winner"]["trial"]]
+    assert winner["meets"] or winner["val_accuracy"] == best
+    assert a["test"]["plain_ptq_int8_onnx"] <= 1.0 and set(a["speed"]) == {"1", "8"}
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert md.count("| fallback |") == len(fallback)
+
+    # The written recipe is one `qtk run` reproduces: same settings, same INT8 ONNX test accuracy.
+    tuned = load_recipe(tmp_path / "a" / "recipe_tuned.yaml")
+    assert tuned.quantize.skip_modules == winner["float_modules"]
+    final = json.loads((tmp_path / "a" / "final" / "report.json").read_text())
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "a" / "recipe_tuned.yaml"), "--out", str(tmp_path / "rerun")]) in (
+        0,
+        1,
+    )
+    rerun = json.loads((tmp_path / "rerun" / "report.json").read_text())
+    assert rerun["metrics"]["int8_onnx"]["accuracy"] == final["metrics"]["int8_onnx"]["accuracy"]
+    assert rerun["metrics"]["int8_onnx"]["accuracy"] == a["test"]["int8_onnx"]
+
+
+@pytest.mark.slow  # two trials and the final qtk run: ~20-30 s
+def test_no_trial_meets_the_tolerance_exports_the_best_and_exits_1(tmp_path, capsys):
+    recipe = _recipe(tmp_path, weight_bits=2)
+    out = tmp_path / "out"
+    code = main(["tune", str(recipe), "--tolerance", "0", "--max-trials", "2", "--out", str(out)])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("qtk")]
+    report = json.loads((out / "report.json").read_text())
+    assert code == 1 and not report["met"]
+    assert len(err) == 1 and err[0].startswith("qtk tune: no trial met the tolerance of 0 pp")
+    assert len(report["trials"]) == 2 and report["budget"]["stopped"].startswith("trial budget")
+    best = max(report["trials"], key=lambda t: t["val_accuracy"])
+    assert report["winner"]["trial"] == best["index"]
+    assert (out / "final" / "model_int8.onnx").is_file() and (out / "recipe_tuned.yaml").is_file()
+    assert not list(out.glob(".qtk-staging-*"))
+
+
+def test_bad_tolerance_is_one_line(tmp_path, capsys):
+    code = main(["tune", str(_recipe(tmp_path)), "--tolerance", "-1", "--out", str(tmp_path / "o")])
+    assert code == 2 and "--tolerance" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_validation_holdout_is_disjoint_balanced_and_deterministic():
+    import numpy as np
+
+    from qtoolkit.data.calibration import balanced_indices, holdout_indices
+
+    labels = np.repeat(np.arange(5), 40)
+    calibration = balanced_indices(labels, 50, seed=0)
+    val = holdout_indices(labels, 60, seed=0, exclude=calibration)
+    assert not set(val) & set(calibration) and len(val) == 60
+    assert np.bincount(labels[val]).tolist() == [12] * 5
+    assert (holdout_indices(labels, 60, seed=0, exclude=calibration) == val).all()
+    assert len(holdout_indices(labels, 10_000, seed=0, exclude=calibration)) == 150  # capped at the rest
+
+
+@pytest.mark.slow  # fine-tunes a tiny BERT, then dynamic trials with ONNX exports
+def test_dynamic_tune_falls_back_per_linear(tmp_path):
+    pytest.importorskip("transformers")
+    from models_for_tests import save_tiny_bert
+    from test_text_pipeline import _write_csv
+
+    model_dir = save_tiny_bert(tmp_path / "tiny-bert", num_labels=2)
+    data = tmp_path / "reviews.csv"
+    _write_csv(data, rows=200)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"""
+name: tiny-text
+task: text-classification
+model: {{name: tiny, path: {model_dir}}}
+data: {{name: text-file, root: {data}, text_column: review, label_column: sentiment, max_length: 16}}
+train: {{max_steps: 30, batch_size: 16, lr: 0.001, optimizer: adamw, schedule: linear, warmup_steps: 2}}
+quantize: {{method: dynamic}}
+evaluate: {{tolerance_pp: 100, min_agreement: 0.0, batch_size: 16, warmup: 1, repeats: 2}}
+"""
+    )
+    out = tmp_path / "out"
+    args = ["tune", str(recipe), "--tolerance", "0", "--max-trials", "3", "--setting-trials", "1"]
+    code = main([*args, "--out", str(out), "--cache", str(tmp_path / "cache")])
+    report = json.loads((out / "report.json").read_text())
+    assert code == (0 if report["met"] else 1)
+    ranked = [r["module"] for r in report["ranking"]]
+    if report["trials"][0]["meets"]:  # plain PTQ already lossless on validation: nothing to fall back
+        assert len(report["trials"]) == 1
+        return
+    assert ranked and all("Linear" in r["kind"] or "Embedding" in r["kind"] for r in report["ranking"])
+    fallback = [t for t in report["trials"] if t["phase"] == "fallback"]
+    assert fallback[0]["float_modules"] == ranked[:1]
+    tuned = load_recipe(out / "recipe_tuned.yaml")
+    assert tuned.quantize.skip_modules == report["winner"]["float_modules"]
+    final = json.loads((out / "final" / "report.json").read_text())
+    kept = set(final["quantization"]["modules"])
+    assert not kept & set(tuned.quantize.skip_modules)  # excluded Linears stayed float
+
+
+def test_fallback_ranking_is_worst_sqnr_first_and_repeatable(tmp_path):
+    from qtoolkit.tasks.base import prepare_task
+    from qtoolkit.tune.sensitivity import rank_modules
+
+    recipe = load_recipe(_recipe(tmp_path, weight_bits=3))
+    task = prepare_task(recipe, tmp_path)
+    first, second = (rank_modules(recipe, task, tmp_path) for _ in range(2))
+    assert [r.module for r in first] == [r.module for r in second]
+    assert {"conv1", "conv2", "conv3", "fc"} <= {r.module for r in first}
+    assert [r.sqnr_db for r in first] == sorted(r.sqnr_db for r in first)
+
+
+def test_dynamic_linears_are_ranked_full_range_ones_included():
+    from qtoolkit.analyze.layerwise import layerwise_sqnr
+    from qtoolkit.quantize.dynamic import DynamicQuantConfig, quantize_dynamic
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    batches = [(torch.randn(32, 8), torch.zeros(32))]
+    for reduce_range in (False, True):  # False: qtoolkit's FullRangeDynamicLinear subclass
+        int8 = quantize_dynamic(model, DynamicQuantConfig(reduce_range=reduce_range))
+        rows = layerwise_sqnr(model, int8, batches)
+        assert sorted(r.module for r in rows) == ["0", "2"] and all(r.sqnr_db > 10 for r in rows)

@@ -154,3 +154,18 @@ def test_ort_quantize_static_with_named_feeds(tmp_path) -> None:
     assert max_abs_diff(got, expected) < 0.1 * np.abs(expected).max()
     with pytest.raises(QtkError, match="input_name"):
         ort_quantize_static(fp32, int8, [feeds["a"]], None)
+
+
+def test_check_parity_takes_one_batch_as_well_as_an_iterable(tmp_path):
+    """A bare tensor is one batch (iterating it would feed the model rows without a batch axis)."""
+    from qtoolkit import DynamicQuantConfig, check_parity, export_int8_onnx, quantize_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    quantized = quantize_model(model, DynamicQuantConfig())
+    x = torch.randn(8, 16)
+    export_int8_onnx(quantized, x, tmp_path / "m.onnx")
+    one = check_parity(quantized.int8_model, tmp_path / "m.onnx", x)
+    listed = check_parity(quantized.int8_model, tmp_path / "m.onnx", [x])
+    assert one["samples"] == listed["samples"] == 8
+    assert one["max_abs_diff"] == listed["max_abs_diff"]

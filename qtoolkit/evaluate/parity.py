@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import onnx
+import torch
 from torch import nn
 
 from qtoolkit.evaluate.metrics import agreement, max_abs_diff, predictions
@@ -57,6 +58,8 @@ def check_parity(
     ``runtime`` (the ONNX runtime's name, version, settings and precision; see
     :func:`qtoolkit.runtime.onnx_runtimes.load_onnx`).
     """
+    if isinstance(batches, torch.Tensor | dict):  # one batch given, not an iterable of batches
+        batches = [batches]
     simulated = set(getattr(int8_model, SIMULATED_OPS_ATTR, ()))
     expected_model = to_reference(int8_model) if simulated else int8_model
     model = load_onnx(onnx_path, runtime, threads, strict_fp32)

@@ -47,6 +47,15 @@ VARIANTS: dict[str, list[str]] = {
     "w4_bc": ["quantize.weight_bits=4", "quantize.bias_correction=true"],
     "w4_adaround": ["quantize.weight_bits=4", ADAROUND],
 }
+# Every variant starts from the same plain PTQ (min-max ranges, no algorithm), whatever the recipe's
+# own choices are, so a variant's name says everything it runs.
+PLAIN = [
+    "quantize.activation_observer=minmax",
+    "quantize.bias_correction=false",
+    "quantize.equalize=false",
+    "quantize.adaround=null",
+    "quantize.weight_bits=8",
+]
 DEFAULT = ["minmax", "minmax_bc", "percentile", "mse", "minmax_cle_bc"]
 
 
@@ -73,7 +82,7 @@ def main() -> None:
         fp32 = np.concatenate([task.fp32_model(batch).numpy() for batch in val]).argmax(1)
     results: dict[str, object] = {"recipe": base.name, "val_seed": args.val_seed, "val_size": len(fp32)}
     for name in args.variants:
-        recipe = load_recipe(args.recipe, VARIANTS[name])
+        recipe = load_recipe(args.recipe, PLAIN + VARIANTS[name])
         start = time.monotonic()
         quantized = quantize(
             task.fp32_model,

@@ -138,3 +138,4 @@ def test_tune_falls_back_in_own_effect_order(tmp_path):
     assert report["ranking"][0]["module"] == "hurt" and "kl" in report["ranking"][0]
     assert report["trials"][1]["float_modules"] == ["hurt"]
     assert report["trials"][1]["val_accuracy"] > report["trials"][0]["val_accuracy"]
+    assert "- fallback ranking: own_effect on 2 validation batches" in (out / "report.md").read_text()

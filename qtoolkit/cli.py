@@ -58,6 +58,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         seed=args.seed,
         cache_dir=args.cache,
         setting_trials=args.setting_trials,
+        ranking=args.ranking,
+        rank_batches=args.rank_batches,
     )
     print(summary(report))
     print(f"tuned recipe, final/ artifacts and report.json in {args.out}")
@@ -217,6 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="trials for observer/algorithm settings, the plain recipe included (default: half of --max-trials)",
     )  # fmt: skip
     tune.add_argument("--seed", type=int, default=0, help="seed of the search (same seed, same trials)")
+    tune.add_argument(
+        "--ranking",
+        default="sqnr",
+        help="fallback order: sqnr (per-layer SQNR, static and dynamic) or own_effect (dynamic: KL of the "
+        "logits with only that module INT8); default sqnr",
+    )
+    tune.add_argument(
+        "--rank-batches",
+        type=int,
+        default=2,
+        help="validation batches the fallback ranking runs on (default 2)",
+    )
     tune.add_argument("--out", required=True, help="directory for recipe_tuned.yaml, final/ and report.json")
     tune.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key")
     tune.add_argument("--cache", default=None, help="cache directory (default $QTK_CACHE)")

@@ -36,7 +36,9 @@ class DataSection:
     image_size: int = 224
     train_limit: int | None = None  # first N training samples (reduced budgets, tests)
     test_limit: int | None = None  # first N test samples (reduced budgets, tests)
-    val_size: int = 2000  # images: validation subset of train, disjoint from calibration (qtk tune)
+    # validation samples for qtk tune, disjoint from calibration and test (None: the task's default,
+    # 2000 train images outside calibration; 256 photo crops of another stream)
+    val_size: int | None = None
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"

@@ -87,3 +87,33 @@ def test_efficientnet_recipe_reports_agreement_as_accuracy(tmp_path):
     assert report["parity"]["int8_onnx_vs_int8_torch_agreement"] >= 0.95
     assert metrics["int8_onnx"]["accuracy"] >= 0.75
     shutil.rmtree(tmp_path / "out")
+
+
+@pytest.mark.vision
+@needs_photos
+def test_validation_crops_are_another_stream_labelled_by_fp32_and_built_lazily(tmp_path, monkeypatch):
+    import torch
+    from torch import nn
+
+    import qtoolkit.tasks.photo_agreement as photo
+    from qtoolkit.data.photos import PhotoCropSpec, build_photo_crops
+    from qtoolkit.recipe import load_recipe
+    from qtoolkit.tasks.base import prepare_task
+
+    torch.manual_seed(0)
+    tiny = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)).eval()
+    monkeypatch.setattr(photo, "_fp32_model", lambda recipe: tiny)
+    overrides = ["data.image_size=32", "data.val_size=6", "data.test_limit=4", "quantize.calibration.size=4"]
+    recipe = load_recipe(REPO / "recipes" / "efficientnet_lite2_photos_static.yaml", overrides)
+    task = prepare_task(recipe, tmp_path)
+    assert "sha256" not in task.val_info  # nothing rendered for a plain qtk run
+    images, labels = (torch.cat(parts) for parts in zip(*task.val_batches, strict=True))
+    # the stream bench/ptq_algorithms.py validates on: seed calibration.seed + 1, no calibration part
+    expected = build_photo_crops(PhotoCropSpec(size=32, seed=1, calibration=0, eval=6))
+    assert torch.equal(images, photo.PREPROCESS["efficientnet_lite2"](torch.from_numpy(expected.eval)))
+    with torch.no_grad():
+        assert torch.equal(labels, tiny(images).argmax(1))
+    assert task.val_info["size"] == 6 and task.val_info["sha256"] == expected.sha256
+    calibration_and_eval = build_photo_crops(PhotoCropSpec(size=32, seed=0, calibration=4, eval=4))
+    seen = {c.tobytes() for c in (*calibration_and_eval.calibration, *calibration_and_eval.eval)}
+    assert not seen & {c.tobytes() for c in expected.eval}

@@ -96,15 +96,58 @@ def test_space_reads_the_registries_and_starts_with_the_recipe(monkeypatch):
     settings = candidate_settings(
         QuantizeSection(activation_observer="minmax", weight_observer="per_channel")
     )
-    assert settings[0] == {"activation_observer": "minmax", "weight_observer": "per_channel"}
-    assert {"activation_observer": "planted", "weight_observer": "per_channel"} in settings
-    assert len(settings) == len(qconfig.ACTIVATION_OBSERVERS) * len(qconfig.WEIGHT_SCHEMES)
+    assert settings[0] == {
+        "bias_correction": False,
+        "activation_observer": "minmax",
+        "equalize": False,
+        "weight_observer": "per_channel",
+    }
+    assert {**settings[0], "activation_observer": "planted"} in settings
+    assert len(settings) == len(qconfig.ACTIVATION_OBSERVERS) * len(qconfig.WEIGHT_SCHEMES) * 2 * 2
     changes = [sum(s[k] != settings[0][k] for k in s) for s in settings]
     assert changes == sorted(changes)  # one change at a time before pairs
     dynamic = candidate_settings(QuantizeSection(method="dynamic", reduce_range=None))
     assert dynamic[0]["reduce_range"] is False and len(dynamic) == len(qconfig.WEIGHT_SCHEMES) * 2 * 2
     with pytest.raises(QtkError, match="qat"):
         candidate_settings(QuantizeSection(method="qat"))
+
+
+def _changed(settings: list[dict]) -> list[str]:
+    """The key each one-change setting changes, in search order."""
+    own = settings[0]
+    return [next(k for k in s if s[k] != own[k]) for s in settings if sum(s[k] != own[k] for k in s) == 1]
+
+
+def test_space_tries_the_accuracy_algorithms_cheap_first():
+    import dataclasses
+
+    from qtoolkit.recipe import AdaRoundSection, Recipe
+    from qtoolkit.tune.trial import with_setting
+
+    w8 = QuantizeSection(mode="fx", activation_observer="minmax")
+    settings = candidate_settings(w8)
+    assert "adaround" not in settings[0]  # learned rounding only below 8-bit weights
+    assert settings[1] == {**settings[0], "bias_correction": True}  # the first trial after plain
+    singles = _changed(settings)
+    assert singles[0] == "bias_correction" and singles.index("equalize") < singles.index("weight_observer")
+
+    w4 = dataclasses.replace(w8, weight_bits=4)
+    singles = _changed(candidate_settings(w4))
+    assert singles[0] == "bias_correction" and singles[-1] == "adaround"  # the expensive one last
+    eager = candidate_settings(dataclasses.replace(w4, mode="eager"))  # eager refuses the FX passes
+    assert set(eager[0]) == {"activation_observer", "weight_observer"}
+
+    # A trial's recipe carries the setting: adaround on -> the recipe's own section, or the defaults.
+    recipe = Recipe(name="r", quantize=w4)
+    tried = with_setting(recipe, {"adaround": True, "equalize": True, "bias_correction": True}, ["fc"])
+    assert tried.quantize.adaround == AdaRoundSection() and tried.quantize.equalize
+    assert tried.quantize.bias_correction and tried.quantize.skip_modules == ["fc"]
+    own = AdaRoundSection(iterations=7)
+    recipe = Recipe(name="r", quantize=dataclasses.replace(w4, adaround=own, skip_modules=["conv1"]))
+    assert candidate_settings(recipe.quantize)[0]["adaround"] is True
+    assert with_setting(recipe, {"adaround": True}, ["fc"]).quantize.adaround == own
+    off = with_setting(recipe, {"adaround": False}, ["fc"]).quantize
+    assert off.adaround is None and off.skip_modules == ["conv1", "fc"]  # the recipe's own skips stay
 
 
 def test_registered_axis_joins_the_space(monkeypatch):
@@ -155,6 +198,39 @@ def test_tune_falls_back_deterministically_and_qtk_run_reproduces(tmp_path, caps
     rerun = json.loads((tmp_path / "rerun" / "report.json").read_text())
     assert rerun["metrics"]["int8_onnx"]["accuracy"] == final["metrics"]["int8_onnx"]["accuracy"]
     assert rerun["metrics"]["int8_onnx"]["accuracy"] == a["test"]["int8_onnx"]
+
+
+@pytest.mark.slow  # two trials, the final qtk run and a rerun: ~25 s
+def test_bias_correction_trial_meets_what_plain_misses_and_qtk_run_reproduces(tmp_path, capsys):
+    # 3-bit weights: plain min-max loses ~32 pp on validation, bias correction ~21 pp (fixed seeds)
+    recipe = _recipe(tmp_path, weight_bits=3)
+    out = tmp_path / "out"
+    args = ["tune", str(recipe), "--tolerance", "25", "--max-trials", "4", "--setting-trials", "3"]
+    assert main([*args, "--out", str(out), "--cache", str(tmp_path / "c")]) == 0
+    report = json.loads((out / "report.json").read_text())
+    plain, corrected = report["trials"][:2]
+    assert not plain["meets"] and plain["settings"]["bias_correction"] is False
+    assert corrected["settings"] == {**plain["settings"], "bias_correction": True} and corrected["meets"]
+    assert corrected["val_accuracy"] > plain["val_accuracy"]  # the pass ran in the trial
+    assert report["winner"]["trial"] == 1 and len(report["trials"]) == 2 and not report["ranking"]
+    tuned = load_recipe(out / "recipe_tuned.yaml")
+    assert tuned.quantize.bias_correction and tuned.quantize.activation_observer == "minmax"
+    final = json.loads((out / "final" / "report.json").read_text())
+    assert final["quantization"]["config"]["bias_correction"] is True
+    capsys.readouterr()
+    main(
+        [
+            "run",
+            str(out / "recipe_tuned.yaml"),
+            "--out",
+            str(tmp_path / "rerun"),
+            "--cache",
+            str(tmp_path / "c"),
+        ]
+    )
+    rerun = json.loads((tmp_path / "rerun" / "report.json").read_text())
+    assert rerun["metrics"]["int8_onnx"]["accuracy"] == report["test"]["int8_onnx"]
+    assert report["test"]["gain_vs_plain_pp"] > 0
 
 
 @pytest.mark.slow  # two trials and the final qtk run: ~20-30 s
@@ -242,7 +318,7 @@ def test_fallback_ranking_is_worst_sqnr_first_and_repeatable(tmp_path):
     first, second = (rank_modules(recipe, task, tmp_path) for _ in range(2))
     assert [r.module for r in first] == [r.module for r in second]
     assert {"conv1", "conv2", "conv3", "fc"} <= {r.module for r in first}
-    assert [r.sqnr_db for r in first] == sorted(r.sqnr_db for r in first)
+    assert [r.value for r in first] == sorted(r.value for r in first) and first[0].metric == "sqnr_db"
 
 
 def test_dynamic_linears_are_ranked_full_range_ones_included():

@@ -27,6 +27,8 @@ from qtoolkit.recipe import Recipe
 from qtoolkit.tasks.base import PreparedTask, register_task
 from qtoolkit.train.baselines import image_baseline
 
+VAL_SIZE = 2000  # default data.val_size: train images outside the calibration subset
+
 
 def _limit(dataset: Dataset, limit: int | None) -> Dataset:
     return dataset if limit is None or limit >= len(dataset) else Subset(dataset, range(limit))
@@ -107,7 +109,8 @@ def prepare_image_classification(recipe: Recipe, cache_dir: Path) -> PreparedTas
     model, baseline_info = _baseline(recipe, train, data_info, cache_dir)
     full_train = train.dataset if isinstance(train, Subset) else train  # calibration indexes the full split
     # Validation (for choices such as qtk tune's): train images outside the calibration subset.
-    val_indices = holdout_indices(calib_labels, recipe.data.val_size, section.seed, calib.indices)
+    val_size = VAL_SIZE if recipe.data.val_size is None else recipe.data.val_size
+    val_indices = holdout_indices(calib_labels, val_size, section.seed, calib.indices)
     return PreparedTask(
         fp32_model=model,
         example_input=full_train[int(calib.indices[0])][0].unsqueeze(0),

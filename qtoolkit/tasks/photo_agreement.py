@@ -4,13 +4,20 @@ The eval "labels" are the FP32 torch model's own top-1 predictions on the eval c
 pipeline's unchanged accuracy column reads as *top-1 agreement with FP32* (FP32 torch = 100% by
 construction) and the recipe's ``tolerance_pp`` bounds the agreement lost to INT8. FP32 logits are
 cached under ``$QTK_CACHE/agreement`` keyed by model, weights, crops sha256 and torch version.
+
+The validation split (``qtk tune``'s) is ``data.val_size`` crops (default 256) of another stream,
+seed = calibration seed + 1, labelled the same way: no crop is shared with calibration or eval.
+It is the split ``bench/ptq_algorithms.py`` chooses settings on (``--val-seed 1 --val-size 256``
+for calibration seed 0). It is built (crops rendered, FP32 labels) on first iteration only, so
+``qtk run`` does not pay for it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +47,7 @@ def imagenet_normalize(images_uint8: torch.Tensor) -> torch.Tensor:
 
 # model name -> how uint8 RGB crops become its input (default: torchvision's ImageNet normalisation).
 PREPROCESS: dict[str, Preprocess] = {"efficientnet_lite2": lite_normalize}
+VAL_SIZE = 256  # default data.val_size
 
 
 class CropDataset(Dataset):
@@ -90,6 +98,29 @@ def fp32_logits(model: torch.nn.Module, recipe: Recipe, crops: PhotoCrops, cache
     return np.load(path) if cached else logits
 
 
+class _ValidationCrops:
+    """(input, FP32 top-1) batches of the validation stream, built on first iteration (module docstring)."""
+
+    def __init__(self, model: torch.nn.Module, recipe: Recipe, cache_dir: Path, info: dict[str, Any]) -> None:
+        self.model, self.recipe, self.cache_dir, self.info = model, recipe, cache_dir, info
+        self.loader: DataLoader | None = None
+
+    def _build(self) -> DataLoader:
+        recipe, section = self.recipe, self.recipe.quantize.calibration
+        size = VAL_SIZE if recipe.data.val_size is None else recipe.data.val_size
+        spec = PhotoCropSpec(size=recipe.data.image_size, seed=section.seed + 1, calibration=0, eval=size)
+        crops = build_photo_crops(spec)
+        labels = fp32_logits(self.model, recipe, crops, self.cache_dir).argmax(1)
+        preprocess = PREPROCESS.get(recipe.model.name, imagenet_normalize)
+        self.info.update(size=len(crops.eval), sha256=crops.sha256, seed=spec.seed)  # report's val_info
+        return DataLoader(CropDataset(crops.eval, preprocess, labels), batch_size=recipe.evaluate.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.loader is None:
+            self.loader = self._build()
+        return iter(self.loader)
+
+
 @register_task("photo-agreement")
 def prepare_photo_agreement(recipe: Recipe, cache_dir: Path) -> PreparedTask:
     """Photo crops (calibration + eval), FP32 model, and eval labels = FP32 top-1."""
@@ -104,6 +135,9 @@ def prepare_photo_agreement(recipe: Recipe, cache_dir: Path) -> PreparedTask:
     preprocess = PREPROCESS.get(recipe.model.name, imagenet_normalize)
     labels = fp32_logits(model, recipe, crops, cache_dir)[: len(crops.eval)].argmax(1)
     calibration = DataLoader(CropDataset(crops.calibration, preprocess), batch_size=section.batch_size)
+    val_info: dict[str, Any] = {
+        "source": "photo crops of stream seed calibration.seed + 1 (labels: FP32 top-1)"
+    }
     return PreparedTask(
         fp32_model=model,
         example_input=preprocess(torch.from_numpy(crops.calibration[:1])),
@@ -119,4 +153,6 @@ def prepare_photo_agreement(recipe: Recipe, cache_dir: Path) -> PreparedTask:
             "eval_sha256": crops.sha256,
         },
         baseline_info={"source": recipe.model.weights, "model": recipe.model.name},
+        val_batches=_ValidationCrops(model, recipe, cache_dir, val_info),
+        val_info=val_info,
     )

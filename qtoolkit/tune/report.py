@@ -43,11 +43,19 @@ def summary(report: dict[str, Any]) -> str:
         for b, s in report.get("speed", {}).items()
     )
     floats = ", ".join(winner["float_modules"]) or "none"
+    order = report.get("fallback_ranking", {})
+    ranked = (
+        f"- fallback ranking: {order['name']} on {order['batches']} validation batches"
+        f" ({len(report['ranking'])} modules ranked)\n"
+        if order and report.get("ranking")
+        else ""
+    )
     return (
         f"## qtk tune: {report['recipe']}\n\n"
         f"{report['message']}.\n\n"
         f"- validation: {val.get('source')}, {val.get('size')} samples, FP32 torch {_pct(val['fp32_torch_accuracy'])}\n"
         f"- trials: {report['budget']['trials_run']} ({report['budget']['stopped']}), {report.get('seconds', '-')} s\n"
+        f"{ranked}"
         f"- winner: trial {winner['trial']}, {_setting(winner['settings'])}; float modules: {floats}\n"
         f"- test ({test['samples']} samples): FP32 torch {_pct(test['fp32_torch'])}, tuned INT8 ONNX "
         f"{_pct(test['int8_onnx'])} ({-test['drop_vs_fp32_pp']:+.2f} pp vs FP32), plain PTQ INT8 ONNX "

@@ -32,6 +32,7 @@ from qtoolkit.runtime.ort import make_session, ort_call
 from qtoolkit.tasks.base import PreparedTask, prepare_task
 from qtoolkit.tune.report import write_tune_report
 from qtoolkit.tune.search import SearchResult, TuneSettings, search
+from qtoolkit.tune.sensitivity import check_ranking
 from qtoolkit.tune.space import candidate_settings
 from qtoolkit.tune.trial import onnx_accuracy, with_setting
 
@@ -88,10 +89,13 @@ def tune(
     speed_batch_sizes: tuple[int, ...] = (1, 8),
     max_fallback: int | None = None,
     setting_trials: int | None = None,
+    ranking: str = "sqnr",
+    rank_batches: int = 2,
 ) -> dict[str, Any]:
     """Tune ``recipe`` toward an INT8 ONNX validation drop ≤ ``tolerance_pp``; returns report.json's
     content (``report["met"]`` says whether any trial met the tolerance; the best one is exported
-    either way)."""
+    either way). ``ranking`` orders the float fallback (:data:`qtoolkit.tune.sensitivity.RANKINGS`),
+    measured on the first ``rank_batches`` validation batches."""
     settings = TuneSettings(
         tolerance_pp,
         max_trials,
@@ -99,9 +103,12 @@ def tune(
         seed,
         max_fallback=max_fallback,
         setting_trials=setting_trials,
+        ranking=ranking,
+        sensitivity_batches=rank_batches,
     )
     quant_config(recipe)  # bad settings fail before any work
     candidate_settings(recipe.quantize)  # and so does a method tuning cannot vary
+    check_ranking(ranking, recipe.quantize.method)  # or a ranking it has not
     out_dir = Path(out_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     started = time.perf_counter()
@@ -169,6 +176,7 @@ def _report(
             "stopped": result.stopped,
         },
         "seed": settings.seed,
+        "fallback_ranking": {"name": settings.ranking, "batches": settings.sensitivity_batches},
         "validation": {**task.val_info, "fp32_torch_accuracy": result.fp32_val_accuracy},
         "winner": {
             "trial": winner.index,

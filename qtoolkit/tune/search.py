@@ -6,9 +6,9 @@ Order of trials (each judged on the exported INT8 ONNX, validation split; :mod:`
 2. *settings*: the other settings of the method's axes (:mod:`qtoolkit.tune.space`), at most
    ``setting_trials`` trials with the plain one (default: half the trial budget, so that fallback
    always gets its share);
-3. *fallback*: from the best setting so far, the modules ranked by SQNR
-   (:mod:`qtoolkit.tune.sensitivity`) go to float one at a time, cumulatively: trial k keeps the
-   k worst modules in float.
+3. *fallback*: from the best setting so far, the modules ranked by ``ranking`` (SQNR, or each
+   module's own effect on the logits; :mod:`qtoolkit.tune.sensitivity`) go to float one at a
+   time, cumulatively: trial k keeps the k worst modules in float.
 
 The search stops at the first trial that meets the tolerance (the least change that does), or when
 the trial or time budget is spent. The winner is that trial; when none meets it, the trial with the
@@ -17,6 +17,7 @@ highest validation accuracy (ties: the earlier, i.e. the smaller change).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from qtoolkit.errors import QtkError
+from qtoolkit.quantize.static import resolve_mode
 from qtoolkit.recipe import Recipe
 from qtoolkit.tasks.base import PreparedTask
 from qtoolkit.tune.sensitivity import rank_modules
@@ -43,7 +45,8 @@ class TuneSettings:
     max_trials: int = 20
     time_budget_s: float | None = None  # checked before each trial
     seed: int = 0  # torch / numpy / random seeds of the search
-    sensitivity_batches: int = 2  # validation batches the SQNR ranking runs on
+    sensitivity_batches: int = 2  # validation batches the fallback ranking runs on
+    ranking: str = "sqnr"  # fallback order, a name in qtoolkit.tune.sensitivity.RANKINGS
     latency_repeats: int = 10  # per-trial batch-1 latency (a ranking figure)
     max_fallback: int | None = None  # at most this many modules in float (None: no limit)
     setting_trials: int | None = None  # trials for plain + settings (None: half the budget, rounded up)
@@ -53,6 +56,8 @@ class TuneSettings:
             raise QtkError(f"--max-trials must be at least 1, not {self.max_trials}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise QtkError(f"--time-budget must be positive seconds, not {self.time_budget_s}")
+        if self.sensitivity_batches < 1:
+            raise QtkError(f"--rank-batches must be at least 1, not {self.sensitivity_batches}")
         if self.setting_trials is not None and self.setting_trials < 1:
             raise QtkError(f"--setting-trials must be at least 1, not {self.setting_trials}")
         if self.tolerance_pp < 0:
@@ -66,7 +71,7 @@ class SearchResult:
     fp32_val_accuracy: float
     trials: list[Trial]
     winner: Trial
-    ranking: list[dict[str, object]] = field(default_factory=list)  # fallback order with SQNR
+    ranking: list[dict[str, object]] = field(default_factory=list)  # fallback order with its figure
     stopped: str = ""  # why the search ended
 
     @property
@@ -111,7 +116,9 @@ def search(
     if task.val_batches is None:
         raise QtkError(f"{recipe.source}: task {recipe.task!r} has no validation split; qtk tune needs one")
     _seed(settings.seed)
-    candidates = candidate_settings(recipe.quantize)
+    # the axes that apply depend on the mode the model resolves to (auto -> eager with QuantStubs)
+    section = dataclasses.replace(recipe.quantize, mode=resolve_mode(task.fp32_model, recipe.quantize.mode))
+    candidates = candidate_settings(section)
     fp32_val = val_accuracy_torch(task)
     budget, trials = _Budget(settings), []
     progress = tqdm(total=settings.max_trials, desc="tune", unit="trial", dynamic_ncols=True)
@@ -143,8 +150,11 @@ def search(
             best = trial if best is None else _better(best, trial)
         if not stopped and best is not None and not best.meets and best.val_accuracy is not None:
             base = best.settings
-            rows = rank_modules(with_setting(recipe, base), task, cache_dir, settings.sensitivity_batches)
-            ranking = [{"module": r.module, "kind": r.kind, "sqnr_db": round(r.sqnr_db, 3)} for r in rows]
+            progress.set_postfix_str(f"ranking modules ({settings.ranking})")
+            rows = rank_modules(
+                with_setting(recipe, base), task, cache_dir, settings.sensitivity_batches, settings.ranking
+            )
+            ranking = [r.to_dict() for r in rows]
             limit = settings.max_fallback if settings.max_fallback is not None else len(rows)
             floats: list[str] = []
             for row in rows[:limit]:

@@ -31,7 +31,7 @@ from qtoolkit.runtime.batches import collect_logits
 from qtoolkit.runtime.ort import make_session, model_size_mb, ort_call, ort_runner
 from qtoolkit.runtime.torch_runner import torch_runner
 from qtoolkit.tasks.base import PreparedTask
-from qtoolkit.tune.space import Setting
+from qtoolkit.tune.space import Setting, recipe_values
 
 
 @dataclass
@@ -57,7 +57,9 @@ class Trial:
 def with_setting(recipe: Recipe, settings: Setting, float_modules: Iterable[str] = ()) -> Recipe:
     """``recipe`` with ``settings`` applied to its quantize section and ``float_modules`` kept in float
     (static: ``skip_modules`` by module name; dynamic: the same key becomes exclude patterns)."""
-    section = dataclasses.replace(recipe.quantize, **settings, skip_modules=list(float_modules))
+    values = recipe_values(recipe.quantize, settings)
+    skip = list(dict.fromkeys([*recipe.quantize.skip_modules, *float_modules]))  # the recipe's own stay
+    section = dataclasses.replace(recipe.quantize, **values, skip_modules=skip)
     return dataclasses.replace(recipe, quantize=section)
 
 

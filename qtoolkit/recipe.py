@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,9 @@ from typing import Any
 import yaml
 
 from qtoolkit.errors import QtkError
+
+# A float written without a dot (1e-5), which YAML 1.1 loads as a string.
+_SCIENTIFIC = re.compile(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+")
 
 
 @dataclass
@@ -196,6 +200,8 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
         return _build(tp, value, key, source)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string; it means a number here
     if tp is int and isinstance(value, bool):
         raise QtkError(f"{source}: key '{key}' must be int, got bool {value!r}")
     if not isinstance(value, tp):

@@ -45,6 +45,14 @@ def test_bool_is_not_an_int(tmp_path):
         load_recipe(_write(tmp_path, "name: x\nquantize:\n  calibration:\n    size: true\n"))
 
 
+def test_float_without_a_dot_is_a_number(tmp_path):
+    # YAML 1.1 loads 1e-5 as a string; a float key takes it, and --set takes it too
+    recipe = load_recipe(_write(tmp_path, "name: x\ntrain:\n  lr: 1e-5\n"), ["quantize.qat.lr=2E-4"])
+    assert recipe.train.lr == 1e-5 and recipe.quantize.qat.lr == 2e-4
+    with pytest.raises(QtkError, match=r"train\.lr.*must be float"):
+        load_recipe(_write(tmp_path, "name: x\ntrain:\n  lr: 1e-5x\n"))
+
+
 def test_missing_name_and_bad_yaml(tmp_path):
     with pytest.raises(QtkError, match="name"):
         load_recipe(_write(tmp_path, "task: image-classification\n"))

@@ -235,6 +235,13 @@ def requantize_passthrough(model: ir.Model) -> int:
     return count
 
 
+# Linear on ≥3-D activations as QGemm (linear_passes): fewer float ops, and faster on OpenVINO
+# (convnext_tiny b8 0.78x ORT-quantizer's file), but slower on onnxruntime's CPU kernels than
+# MatMulIntegerToFloat + float bias Add (convnext_tiny b8 1.15x vs 1.07x the peer, vit_b_16 1.20x vs
+# 1.16x: `python bench/linear_gemm_ab.py`), so off by default: onnxruntime is the default runtime.
+LINEAR_TO_GEMM = False
+
+
 def make_ort_friendly(model: ir.Model) -> dict[str, int]:
     """Run every pass; return how many places each one changed (recorded in the export log)."""
     from qtoolkit.export.grid_passes import drop_output_round_trip, requantize_grid_ops  # imports us
@@ -244,7 +251,8 @@ def make_ort_friendly(model: ir.Model) -> dict[str, int]:
         "dropped_clips": drop_redundant_clips(model),
         "requantized_passthrough": requantize_passthrough(model),
         "requantized_grid_ops": requantize_grid_ops(model),
-        "linear_to_gemm": linear_to_gemm(model),  # after the grid passes: its input may be a reshape's
+        # after the grid passes: its input may be a reshape's
+        "linear_to_gemm": linear_to_gemm(model) if LINEAR_TO_GEMM else 0,
         "relu_on_integers": relu_on_integers(model),
         "dropped_output_round_trips": drop_output_round_trip(model),
         "quantized_bias": quantize_bias(model),

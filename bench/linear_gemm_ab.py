@@ -18,12 +18,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import qtoolkit as qtk  # noqa: E402
-import qtoolkit.export.qdq_passes as qp  # noqa: E402
-from qtoolkit.evaluate.latency import interleaved_latency, paired_ratio  # noqa: E402
-from qtoolkit.peers.ort_quantizer import ort_quantize_static  # noqa: E402
-from qtoolkit.peers.zoo import build_torchvision  # noqa: E402
-from qtoolkit.runtime.ort import make_session  # noqa: E402
+import qtoolkit as qtk
+import qtoolkit.export.qdq_passes as qp
+from qtoolkit.evaluate.latency import interleaved_latency, paired_ratio
+from qtoolkit.peers.ort_quantizer import ort_quantize_static
+from qtoolkit.peers.zoo import build_torchvision
+from qtoolkit.runtime.ort import make_session
 
 torch.set_num_threads(2)
 name = sys.argv[1] if len(sys.argv) > 1 else "convnext_tiny"

@@ -7,6 +7,7 @@ import onnx
 import pytest
 import torch
 from models_for_tests import PlainNet, StubbedNet, calibration_batches
+from torch import nn
 from torchvision.models.quantization.resnet import QuantizableBasicBlock
 
 from qtoolkit.export import export_int8_onnx, export_onnx, onnx_op_counts, to_reference
@@ -119,3 +120,43 @@ def test_export_verb_takes_the_quantized_model_or_its_int8_module(tmp_path):
     np.testing.assert_array_equal(_run(tmp_path / "a.onnx", x), _run(tmp_path / "b.onnx", x))
     with pytest.raises(QtkError, match="takes a QuantizedModel or a torch INT8 module"):
         export_int8_onnx("model.pt", x, tmp_path / "c.onnx")
+
+
+class _StemAndChannelsLastMLP(nn.Module):
+    """DenseNet's stem (conv, BN, ReLU, max-pool joining a concatenation with a signed branch, so the
+    ReLU output's zero point is not 0) and ConvNeXt's channels-last Linear on a 4-D tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.pool, self.branch = nn.MaxPool2d(2), nn.Conv2d(8, 8, 1)
+        self.mlp, self.fc = nn.Linear(16, 12), nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.stem(x))
+        x = torch.cat([x, self.branch(x)], 1)
+        x = self.mlp(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.fc(torch.flatten(x.mean((2, 3), keepdim=True), 1))
+
+
+def test_relu_and_linear_rewrites_keep_the_numbers(tmp_path, monkeypatch):
+    """relu_on_integers and linear_to_gemm change the ops, not the QDQ arithmetic: run unfused
+    (ORT optimizations off), the rewritten file equals the file without them."""
+    from qtoolkit.export import linear_passes, qdq_passes
+
+    int8 = _static(_StemAndChannelsLastMLP())
+    changes = export_int8_onnx(int8, torch.randn(1, 3, 16, 16), tmp_path / "rewritten.onnx")
+    assert changes["relu_on_integers"] == 1 and changes["linear_to_gemm"] == 1
+    ops = onnx_op_counts(tmp_path / "rewritten.onnx")
+    assert ops.get("Relu", 0) == 0 and ops["Clip"] == 1 and ops.get("MatMul", 0) == 0 and ops["Gemm"] == 2
+    monkeypatch.setattr(qdq_passes, "relu_on_integers", lambda model: 0)
+    monkeypatch.setattr(linear_passes, "linear_to_gemm", lambda model: 0)
+    export_int8_onnx(int8, torch.randn(1, 3, 16, 16), tmp_path / "plain.onnx")
+    assert onnx_op_counts(tmp_path / "plain.onnx")["Relu"] == 1
+
+    x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(3)).numpy()
+    runs = [make_session(tmp_path / f"{n}.onnx", 1, optimization="disabled") for n in ("rewritten", "plain")]
+    rewritten, plain = (s.run(None, {"input": x})[0] for s in runs)
+    np.testing.assert_allclose(rewritten, plain, atol=1e-6)
+    fused = _run(tmp_path / "rewritten.onnx", torch.from_numpy(x))  # with QLinearConv, NhwcMaxPool, QGemm
+    assert fused.shape == (6, 5) and np.abs(fused - plain).max() < 0.05 * np.abs(plain).max()

@@ -123,6 +123,9 @@ def test_vit_attention_and_linear_run_in_integer(tmp_path) -> None:
     assert ops["MatMul"] == 0 and ops["Gemm"] == 0
     assert ops["QLinearMatMul"] + ops["MatMulIntegerToFloat"] + ops["QGemm"] == 2 * 2 + 2 * 4 + 1
     assert ops["QLinearMatMul"] >= 4  # the attention MatMuls: both inputs and the output quantized
+    # Linear layers on [batch, tokens, C] run as one QGemm each, bias in int32 (linear_passes): no
+    # MatMulIntegerToFloat with a float bias Add (before: 8 of each)
+    assert ops["QGemm"] == 2 * 4 + 1 and ops["MatMulIntegerToFloat"] == 0 and ops["Add"] == 0
     assert ops["LayerNormalization"] == 5 == _float_between_qdq(path, "LayerNormalization")
     assert parity["reference"]["MatMul"] == TORCH_INT8
     assert parity["reference"]["LayerNormalization"] == TORCH_INT8
@@ -139,6 +142,10 @@ def test_swin_window_attention_runs_in_integer(tmp_path) -> None:
     assert sum(ops[k] for k in INTEGER_MATMULS) == 4 * 6 + 1 + 1
     assert ops["QLinearMatMul"] >= 8
     assert ops["Softmax"] == 4  # with its relative-position bias (and shift mask): a float island
+    # Linear layers on windows/tokens: one QGemm each; the only float Adds are the softmax biases
+    assert (
+        ops["QGemm"] == 4 * 4 + 1 and ops["MatMulIntegerToFloat"] == 0 and ops["Add"] == 4
+    )  # before: 16, 20
     assert _float_between_qdq(path, "LayerNormalization") >= 9
     assert sum("softmax" in name for name in quantized.details["float_ops"]) == 4
 
@@ -147,9 +154,11 @@ def test_densenet_batchnorm_after_concat_stays_float(tmp_path) -> None:
     quantized, path, ops = _export(_densenet(), tmp_path)
     _parity(quantized, path)
     convs = sum(isinstance(m, nn.Conv2d) for m in _densenet().modules())
-    # The stem conv runs float (FusedConv): its ReLU output shares qparams with every concatenation
-    # it joins (torch.ao's cat rule: zero point != 0), so ORT cannot drop the Relu (Concat: graph rules).
-    assert ops["QLinearConv"] + ops["FusedConv"] == convs and ops["QLinearConv"] >= convs - 1
+    # The stem ReLU's output shares qparams with every concatenation it joins (torch.ao's cat rule:
+    # zero point != 0), so ORT cannot drop it; qdq_passes.relu_on_integers applies it to the uint8
+    # tensor (Clip at zp) after the max-pool. Before: FusedConv + float MaxPool (densenet121 b8 1.13x).
+    assert ops["QLinearConv"] == convs and ops["FusedConv"] == 0 and ops["Conv"] == 0
+    assert ops["NhwcMaxPool"] == 1 and ops["MaxPool"] == 0 and ops["Clip"] == 1
     assert ops["QGemm"] == 1
     bn_relu = [n for n in quantized.details["float_ops"] if "BNReLU2d" in n or "BatchNorm" in n]
     assert len(bn_relu) == 2 * 2 + 1 + 1  # norm1 of each dense layer, the transition, norm5
@@ -160,6 +169,10 @@ def test_convnext_layer_norm_stays_float(tmp_path) -> None:
     parity = _parity(quantized, path)
     assert ops["QLinearConv"] == sum(isinstance(m, nn.Conv2d) for m in _convnext().modules())
     assert ops["MatMul"] == 0 and ops["Gemm"] == 0 and ops["Conv"] == 0
+    # channels-last MLP Linear layers: one QGemm each with an int32 bias (before: MatMulIntegerToFloat
+    # + a float bias Add each; convnext_tiny 36 float Adds, ORT's quantizer none)
+    linears = sum(isinstance(m, nn.Linear) for m in _convnext().modules())
+    assert ops["QGemm"] == linears and ops["MatMulIntegerToFloat"] == 0 and ops["Add"] == 0
     norms = sum(isinstance(m, nn.LayerNorm) for m in _convnext().modules())
     assert ops["LayerNormalization"] == norms == _float_between_qdq(path, "LayerNormalization")
     assert parity["reference"]["LayerNormalization"] == TORCH_INT8

@@ -140,6 +140,69 @@ def drop_redundant_clips(model: ir.Model) -> int:
     return count
 
 
+def _same_grid(a: ir.Node, b: ir.Node) -> bool:
+    """Whether Q/DQ nodes ``a`` and ``b`` have equal constant scale and zero point."""
+    pairs = [(_const(a.inputs[i]), _const(b.inputs[i])) for i in (1, 2)]
+    return all(x is not None and y is not None and np.array_equal(x, y) for x, y in pairs)
+
+
+def _past_max_pools(q: ir.Node) -> ir.Node:
+    """The last QuantizeLinear of ``q → DQ → MaxPool → Q → …`` chains on ``q``'s grid (or ``q``)."""
+    while True:
+        chain, value = [], q.outputs[0]
+        for op in ("DequantizeLinear", "MaxPool", "QuantizeLinear"):
+            consumers = list(value.consumers())
+            if len(consumers) != 1 or consumers[0].op_type != op or value.is_graph_output():
+                return q
+            chain.append(consumers[0])
+            value = consumers[0].outputs[0]
+        if len(chain[1].outputs) != 1 or not (_same_grid(q, chain[0]) and _same_grid(q, chain[2])):
+            return q
+        q = chain[2]
+
+
+def relu_on_integers(model: ir.Model) -> int:
+    """Move a ReLU that feeds a QuantizeLinear with zero point above qmin onto the integers.
+
+    ``Q(relu(x)) = max(Q(x), zp)`` exactly (rounding is monotone and ``Q(0) = zp``), so
+    ``op → Relu → Q`` becomes ``op → Q → Clip(min=zp)`` on the uint8/int8 tensor. onnxruntime
+    drops a ReLU before Q only when zp is qmin; otherwise the ReLU kept the op float (densenet's
+    stem conv, whose ReLU output shares the first dense block's concatenation grid) and the
+    MaxPool after it too. After the move ``DQ → Conv → Q`` fuses into a QLinearConv. The Clip goes
+    past ``DQ → MaxPool → Q`` steps on the same grid (max commutes with max), so onnxruntime fuses
+    the pool too (NhwcMaxPool) and the Clip runs on the smaller pooled tensor.
+    """
+    graph, count = model.graph, 0
+    for node in list(graph):
+        if node.op_type != "Relu" or node.domain not in ("", "ai.onnx") or node.outputs[0].is_graph_output():
+            continue
+        consumers = list(node.outputs[0].consumers())
+        if len(consumers) != 1 or consumers[0].op_type != "QuantizeLinear":
+            continue
+        q = consumers[0]
+        zero_point = _const(q.inputs[2] if len(q.inputs) > 2 else None)
+        if zero_point is None or zero_point.size != 1 or zero_point.dtype not in (np.uint8, np.int8):
+            continue
+        if (
+            int(zero_point.reshape(())) == _INT_RANGES[np.dtype(zero_point.dtype)][0]
+            or q.outputs[0].is_graph_output()
+        ):
+            continue  # zp = qmin: onnxruntime already drops the ReLU
+        q.replace_input_with(0, node.inputs[0])
+        graph.remove(node, safe=True)
+        last = _past_max_pools(q)
+        users = list(last.outputs[0].consumers())
+        clip = ir.node("Clip", [last.outputs[0], q.inputs[2]], name=_unique(graph, f"{last.name}_relu"))
+        clip.outputs[0].shape, clip.outputs[0].type = last.outputs[0].shape, last.outputs[0].type
+        graph.insert_after(last, clip)
+        for user in users:
+            for index, value in enumerate(user.inputs):
+                if value is last.outputs[0]:
+                    user.replace_input_with(index, clip.outputs[0])
+        count += 1
+    return count
+
+
 def requantize_output(graph: ir.Graph, node: ir.Node, output: ir.Value, dq_source: ir.Node) -> bool:
     """Put ``output`` of ``node`` on the grid of DequantizeLinear ``dq_source`` (a Q/DQ pair with its
     scale and zero point) unless nothing reads it, it is a graph output or only QuantizeLinear reads it."""
@@ -175,11 +238,14 @@ def requantize_passthrough(model: ir.Model) -> int:
 def make_ort_friendly(model: ir.Model) -> dict[str, int]:
     """Run every pass; return how many places each one changed (recorded in the export log)."""
     from qtoolkit.export.grid_passes import drop_output_round_trip, requantize_grid_ops  # imports us
+    from qtoolkit.export.linear_passes import linear_to_gemm
 
     changes = {
         "dropped_clips": drop_redundant_clips(model),
         "requantized_passthrough": requantize_passthrough(model),
         "requantized_grid_ops": requantize_grid_ops(model),
+        "linear_to_gemm": linear_to_gemm(model),  # after the grid passes: its input may be a reshape's
+        "relu_on_integers": relu_on_integers(model),
         "dropped_output_round_trips": drop_output_round_trip(model),
         "quantized_bias": quantize_bias(model),
     }

@@ -1,0 +1,100 @@
+"""Linear layers on ≥3-D activations as one integer Gemm.
+
+torch exports ``F.linear`` on a 3-D or 4-D input (ConvNeXt's channels-last MLP, ViT/Swin token MLPs)
+as ``MatMul(x, Wᵀ) + b``. In the QDQ graph the MatMul output goes to the float bias ``Add``, not to a
+QuantizeLinear, so onnxruntime runs it as ``MatMulIntegerToFloat`` and the bias ``Add`` in float
+(convnext_tiny: 36 float Adds; onnxruntime's own quantizer gets QLinearMatMul + QLinearAdd).
+
+:func:`linear_to_gemm` rewrites ``DQ(q) → MatMul(·, Transpose(DQ(W))) → Add(b) → Q`` into
+
+    Reshape(q, [-1, K]) → DQ → Gemm(·, DQ(W), b, transB=1) → Q → Reshape(·, [-1, d₁, …, N])
+
+with both Reshapes on the uint8 tensors (they only relabel the axes: no Q/DQ needed around them).
+The same arithmetic, y = x·Wᵀ + b over the last axis, so the exported numbers do not change;
+``quantize_bias`` then gives the Gemm its int32 bias and onnxruntime fuses one QGemm. Only the first
+axis of the activation may be dynamic (the batch): the shape back is a constant, so no Shape/Gather
+subgraph appears (OpenVINO and onnxruntime both run constant-shape Reshapes without shape math).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from qtoolkit.export.qdq_passes import _const, _dequantize_params, _initializer, _unique
+
+
+def _single_consumer(value: ir.Value) -> ir.Node | None:
+    consumers = list(value.consumers())
+    return consumers[0] if len(consumers) == 1 and not value.is_graph_output() else None
+
+
+def _weight_of(value: ir.Value) -> ir.Value | None:
+    """The [N, K] DequantizeLinear output of a constant INT8 weight that ``value`` transposes, or None."""
+    transpose = value.producer()
+    if transpose is None or transpose.op_type != "Transpose":
+        return None
+    perm = transpose.attributes.get("perm")
+    weight = transpose.inputs[0]
+    params = _dequantize_params(weight)
+    if perm is None or list(perm.as_ints()) != [1, 0] or params is None:
+        return None
+    int_weight = _const(weight.producer().inputs[0])
+    per_output_channel = params[0].size == 1 or params[2] in (0, -2)  # Gemm(transB) scales rows of W
+    return weight if int_weight is not None and int_weight.ndim == 2 and per_output_channel else None
+
+
+def _bias_of(add: ir.Node, matmul_out: ir.Value, channels: int) -> ir.Value | None:
+    other = add.inputs[1] if add.inputs[0] is matmul_out else add.inputs[0]
+    bias = _const(other)
+    if bias is None or other.producer() is not None or bias.shape != (channels,):
+        return None
+    return other
+
+
+def _reshape(graph: ir.Graph, data: ir.Value, shape: list[int], base: str) -> ir.Node:
+    """A Reshape of ``data`` to the constant ``shape`` (-1: the dynamic batch), not yet inserted."""
+    target = _initializer(graph, _unique(graph, f"{base}_shape"), np.array(shape, dtype=np.int64))
+    return ir.node("Reshape", [data, target], {"allowzero": 0}, name=_unique(graph, base))
+
+
+def linear_to_gemm(model: ir.Model) -> int:
+    """Rewrite quantized ≥3-D Linear layers into uint8 Reshape → QGemm → Reshape (module docstring)."""
+    graph, count = model.graph, 0
+    for matmul in list(graph):
+        if matmul.op_type != "MatMul" or matmul.domain not in ("", "ai.onnx"):
+            continue
+        x, weight = matmul.inputs[0], _weight_of(matmul.inputs[1])
+        x_params = _dequantize_params(x)
+        if weight is None or x_params is None or x_params[0].size != 1:
+            continue
+        n_out, k_in = _const(weight.producer().inputs[0]).shape
+        add = _single_consumer(matmul.outputs[0])
+        if add is None or add.op_type != "Add":
+            continue
+        shape = matmul.outputs[0].shape or add.outputs[0].shape
+        if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in list(shape)[1:]):
+            continue  # only the batch axis may be dynamic: the shape back must be a constant
+        inner = list(shape)[1:-1]
+        bias = _bias_of(add, matmul.outputs[0], n_out)
+        q = _single_consumer(add.outputs[0])
+        if bias is None or q is None or q.op_type != "QuantizeLinear" or q.outputs[0].is_graph_output():
+            continue
+        x_dq = x.producer()
+        flat = _reshape(graph, x_dq.inputs[0], [-1, k_in], f"{matmul.name}_flat")
+        dq = ir.node("DequantizeLinear", [flat.outputs[0], *x_dq.inputs[1:]], name=f"{flat.name}_dq")
+        gemm = ir.node("Gemm", [dq.outputs[0], weight, bias], {"transB": 1}, name=f"{flat.name}_gemm")
+        graph.insert_before(matmul, [flat, dq, gemm])
+        q.replace_input_with(0, gemm.outputs[0])
+        q.outputs[0].shape = None  # 2-D now; shape inference fills it in
+        users = list(q.outputs[0].consumers())
+        back = _reshape(graph, q.outputs[0], [-1, *inner, n_out], f"{q.name}_unflat")
+        back.outputs[0].shape, back.outputs[0].type = add.outputs[0].shape, q.outputs[0].type
+        graph.insert_after(q, back)
+        for user in users:
+            for index, value in enumerate(user.inputs):
+                if value is q.outputs[0]:
+                    user.replace_input_with(index, back.outputs[0])
+        graph.remove([add, matmul], safe=True)
+        count += 1
+    return count

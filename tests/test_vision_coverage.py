@@ -131,6 +131,9 @@ def test_vit_attention_and_linear_run_in_integer(tmp_path) -> None:
     assert parity["reference"]["LayerNormalization"] == TORCH_INT8
     assert any("LayerNorm" in name for name in quantized.details["float_ops"])
     assert any("GELU" in name for name in quantized.details["float_modules"])
+    # residual stream on the INT8 grid: 2 layers x 2 residual Adds + the position embedding, each a
+    # QLinearAdd (torch's quantized::add; both inputs and the output quantized), none left float
+    assert ops["QLinearAdd"] == 2 * 2 + 1
 
 
 def test_swin_window_attention_runs_in_integer(tmp_path) -> None:
@@ -148,6 +151,7 @@ def test_swin_window_attention_runs_in_integer(tmp_path) -> None:
     )  # before: 16, 20
     assert _float_between_qdq(path, "LayerNormalization") >= 9
     assert sum("softmax" in name for name in quantized.details["float_ops"]) == 4
+    assert ops["QLinearAdd"] == 4 * 2  # both residual Adds of the 4 blocks in integer
 
 
 def test_densenet_batchnorm_after_concat_stays_float(tmp_path) -> None:
@@ -176,6 +180,8 @@ def test_convnext_layer_norm_stays_float(tmp_path) -> None:
     norms = sum(isinstance(m, nn.LayerNorm) for m in _convnext().modules())
     assert ops["LayerNormalization"] == norms == _float_between_qdq(path, "LayerNormalization")
     assert parity["reference"]["LayerNormalization"] == TORCH_INT8
+    blocks = sum(type(m).__name__ == "CNBlock" for m in _convnext().modules())
+    assert ops["QLinearAdd"] == blocks and ops["QLinearMul"] == blocks  # residual Add, layer scale
 
 
 @pytest.mark.parametrize(

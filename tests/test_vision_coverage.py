@@ -144,14 +144,18 @@ def test_swin_window_attention_runs_in_integer(tmp_path) -> None:
     assert ops["MatMul"] == 0 and ops["Gemm"] == 0
     assert sum(ops[k] for k in INTEGER_MATMULS) == 4 * 6 + 1 + 1
     assert ops["QLinearMatMul"] >= 8
-    assert ops["Softmax"] == 4  # with its relative-position bias (and shift mask): a float island
-    # Linear layers on windows/tokens: one QGemm each; the only float Adds are the softmax biases
+    # 8x8 map, window 4: only the second block of stage 1 is shifted. Its softmax(s + bias + mask)
+    # stays a float island; the other three add their position bias in integer, then QLinearSoftmax
+    assert ops["Softmax"] == 1 and ops["QLinearSoftmax"] == 3  # before: 4 float, 0
+    # Linear layers on windows/tokens: one QGemm each; the only float Add is the masked softmax bias
     assert (
-        ops["QGemm"] == 4 * 4 + 1 and ops["MatMulIntegerToFloat"] == 0 and ops["Add"] == 4
+        ops["QGemm"] == 4 * 4 + 1 and ops["MatMulIntegerToFloat"] == 0 and ops["Add"] == 1
     )  # before: 16, 20
     assert _float_between_qdq(path, "LayerNormalization") >= 9
-    assert sum("softmax" in name for name in quantized.details["float_ops"]) == 4
-    assert ops["QLinearAdd"] == 4 * 2  # both residual Adds of the 4 blocks in integer
+    assert [n for n in quantized.details["float_ops"] if "softmax" in n] == [
+        "features.1.1.attn (softmax with position bias)"
+    ]
+    assert ops["QLinearAdd"] == 4 * 2 + 3  # both residual Adds of the 4 blocks, 3 position biases
 
 
 def test_densenet_batchnorm_after_concat_stays_float(tmp_path) -> None:

@@ -25,35 +25,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qtoolkit.export import export_int8_onnx, to_reference
-from qtoolkit.peers.zoo import build_torchvision
+from qtoolkit.peers.zoo import TINY_IMAGE_SIZE, TINY_MODELS, build_torchvision
 from qtoolkit.quantize import StaticQuantConfig, quantize
 from qtoolkit.runtime.ort import make_session
-
-
-def _tiny(name: str) -> nn.Module:
-    import torchvision.models as tvm
-    from torchvision.models.convnext import CNBlockConfig
-
-    builders = {
-        "tiny_vit": lambda: tvm.VisionTransformer(64, 16, 4, 4, 64, 128, num_classes=100),
-        "tiny_convnext": lambda: tvm.convnext.ConvNeXt(
-            [CNBlockConfig(32, 64, 2), CNBlockConfig(64, None, 2)], num_classes=100
-        ),
-        "tiny_swin": lambda: tvm.swin_transformer.SwinTransformer(
-            [4, 4], 32, [2, 2], [2, 4], [4, 4], num_classes=100
-        ),
-    }
-    torch.manual_seed(0)
-    model = builders[name]()
-    for module in model.modules():  # as the zoo: zero-initialised heads drawn at random
-        if isinstance(module, nn.Linear) and not module.weight.any():
-            nn.init.normal_(module.weight, std=0.01)
-    return model.eval()
 
 
 def _ort_logits(path: Path, level: str, inputs: torch.Tensor) -> np.ndarray:
@@ -93,10 +71,10 @@ def _quantize_outputs(
 
 
 def diverge(name: str, samples: int, nodes: int) -> None:
-    size = 64 if name.startswith("tiny_") else 224
+    size = TINY_IMAGE_SIZE if name in TINY_MODELS else 224
     generator = torch.Generator().manual_seed(2)
     calibration = [torch.randn(4, 3, size, size, generator=generator) for _ in range(4)]
-    model = _tiny(name) if name.startswith("tiny_") else build_torchvision(name, size)
+    model = build_torchvision(name, size)
     quantized = quantize(
         model, StaticQuantConfig(), calibration=calibration, example_input=calibration[0][:1]
     )

@@ -273,7 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
         "zoo",
         help="torchvision classifiers (random init): export, parity, graph and latency vs ORT's quantizer",
     )
-    zoo.add_argument("--models", nargs="+", default=None, help="torchvision model names (default: the zoo)")
+    zoo.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        help="torchvision model names, or tiny_vit tiny_swin tiny_convnext (64x64 configs; default: the zoo)",
+    )
     zoo.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds")
     zoo.add_argument("--repeats", type=int, default=20, help="timed runs per round")
     zoo.add_argument("--threads", type=int, default=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -88,3 +89,54 @@ def test_batch_halves_apply_to_dynamic_models():
     assert halves.shape == whole.shape
     assert abs(halves[:3] - whole[:3]).max() > 0  # other ranges, other roundings
     torch.testing.assert_close(torch.from_numpy(halves[3:]), torch.from_numpy(run(x[3:])))
+
+
+def test_ort_fusion_floor_is_fused_vs_unfused_of_one_file(tmp_path):
+    """The floor compares onnxruntime's fused kernels with the QDQ graph as written: unfused, the file
+    computes qtoolkit's QDQ simulation; the floor's |Δlogit| is the fused kernels' distance from it."""
+    import warnings
+
+    from models_for_tests import PlainNet, calibration_batches
+
+    from qtoolkit import StaticQuantConfig, quantize_model
+    from qtoolkit.evaluate.noise_floor import ORT_FUSION_SWAP, ort_fusion_floor
+    from qtoolkit.export import export_int8_onnx, to_reference
+    from qtoolkit.runtime.ort import make_session
+
+    torch.manual_seed(0)
+    batches = calibration_batches()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        int8 = quantize_model(
+            PlainNet().eval(), StaticQuantConfig(), calibration=batches, example_input=batches[0][:1]
+        ).int8_model
+    path = tmp_path / "int8.onnx"
+    export_int8_onnx(int8, batches[0][:1], path)
+    inputs = calibration_batches(2, (16, 3, 16, 16))
+    floor = ort_fusion_floor(path, inputs, threads=1)
+    assert floor["samples"] == 32 and floor["swap"] == ORT_FUSION_SWAP
+    x = torch.cat(inputs)
+    with torch.no_grad():
+        simulated = to_reference(int8)(x).numpy()
+    run = {level: make_session(path, 1, optimization=level) for level in ("disabled", "all")}
+    unfused, fused = (s.run(None, {"input": x.numpy()})[0] for s in run.values())
+    # unfused: the exported QDQ math (float rounding of GELU/convs moves an output by at most 1 LSB)
+    np.testing.assert_allclose(unfused, simulated, atol=2.5 * _output_scale(path))
+    assert floor["max_abs_diff"] == pytest.approx(float(np.abs(fused - unfused).max()))
+    assert floor["max_abs_diff"] < 0.05 * np.abs(simulated).max() and floor["agreement"] >= 0.9
+
+
+def _output_scale(path) -> float:
+    """Scale of the DequantizeLinear that writes the logits (one LSB of the output grid)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    values |= {
+        n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"
+    }
+    (last,) = [
+        n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] == graph.output[0].name
+    ]
+    return float(values[last.input[1]])

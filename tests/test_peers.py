@@ -39,3 +39,28 @@ def test_compare_with_ort_on_a_tiny_net(tmp_path) -> None:
     table = format_comparison(results, "tiny")
     assert "| qtoolkit_int8 |" in table and "| ort_minmax |" in table
     assert (tmp_path / "ort_minmax_int8.onnx").is_file()
+
+
+def test_zoo_row_puts_the_kernel_floor_beside_parity() -> None:
+    """A tiny ConvNeXt through the zoo: parity and its kernel floor (same file, ORT unfused vs fused)
+    on the same inputs, the floor's column in the table, and residual Adds in integer."""
+    import pytest
+
+    pytest.importorskip("torchvision")
+    from qtoolkit.peers.zoo import format_zoo, run_zoo
+
+    results = run_zoo(
+        ["tiny_convnext"], threads=1, batch_sizes=(1,), rounds=1, repeats=1, warmup=1, parity_samples=16
+    )
+    (row,) = results["rows"]
+    assert "errors" not in row, row.get("errors")
+    parity, floor = row["parity"], row["kernel_floor"]
+    assert parity["samples"] == floor["samples"] == 16
+    assert floor["agreement"] >= 0.9 and 0 <= floor["max_abs_diff"] < 0.05
+    ops = row["optimized_ops"]["qtoolkit_int8"]
+    # residual Adds run as QLinearAdd; the only float Adds are the MLP Linears' biases beside their
+    # MatMulIntegerToFloat (qdq_passes.LINEAR_TO_GEMM is off: slower on onnxruntime)
+    assert ops["QLinearAdd"] == 4 and ops["Add"] == ops["MatMulIntegerToFloat"] == 8
+    table = format_zoo(results)
+    assert "kernel floor top-1 / max Δlogit" in table
+    assert f"{100 * floor['agreement']:.1f}% / {floor['max_abs_diff']:.3g}" in table.splitlines()[4]

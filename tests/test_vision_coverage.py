@@ -131,6 +131,9 @@ def test_vit_attention_and_linear_run_in_integer(tmp_path) -> None:
     assert parity["reference"]["LayerNormalization"] == TORCH_INT8
     assert any("LayerNorm" in name for name in quantized.details["float_ops"])
     assert any("GELU" in name for name in quantized.details["float_modules"])
+    # residual stream on the INT8 grid: 2 layers x 2 residual Adds + the position embedding, each a
+    # QLinearAdd (torch's quantized::add; both inputs and the output quantized), none left float
+    assert ops["QLinearAdd"] == 2 * 2 + 1
 
 
 def test_swin_window_attention_runs_in_integer(tmp_path) -> None:
@@ -141,12 +144,17 @@ def test_swin_window_attention_runs_in_integer(tmp_path) -> None:
     assert ops["MatMul"] == 0 and ops["Gemm"] == 0
     assert sum(ops[k] for k in INTEGER_MATMULS) == 4 * 6 + 1 + 1
     assert ops["QLinearMatMul"] >= 8
-    assert ops["Softmax"] == 4  # with its relative-position bias (and shift mask): a float island
+    # 8x8 map, window 4: only the second block of stage 1 is shifted. Its softmax(s + bias + mask)
+    # stays a float island; the other three add their position bias in integer, then QLinearSoftmax
+    assert ops["Softmax"] == 1 and ops["QLinearSoftmax"] == 3  # before: 4 float, 0
     # Linear layers on windows/tokens: MatMulIntegerToFloat + bias Add each (LINEAR_TO_GEMM is off),
-    # plus the 4 softmax position biases
-    assert ops["QGemm"] == 1 and ops["MatMulIntegerToFloat"] == 4 * 4 and ops["Add"] == 4 * 4 + 4
+    # plus the masked softmax bias
+    assert ops["QGemm"] == 1 and ops["MatMulIntegerToFloat"] == 4 * 4 and ops["Add"] == 4 * 4 + 1
     assert _float_between_qdq(path, "LayerNormalization") >= 9
-    assert sum("softmax" in name for name in quantized.details["float_ops"]) == 4
+    assert [n for n in quantized.details["float_ops"] if "softmax" in n] == [
+        "features.1.1.attn (softmax with position bias)"
+    ]
+    assert ops["QLinearAdd"] == 4 * 2 + 3  # both residual Adds of the 4 blocks, 3 position biases
 
 
 def test_densenet_batchnorm_after_concat_stays_float(tmp_path) -> None:
@@ -175,6 +183,8 @@ def test_convnext_layer_norm_stays_float(tmp_path) -> None:
     norms = sum(isinstance(m, nn.LayerNorm) for m in _convnext().modules())
     assert ops["LayerNormalization"] == norms == _float_between_qdq(path, "LayerNormalization")
     assert parity["reference"]["LayerNormalization"] == TORCH_INT8
+    blocks = sum(type(m).__name__ == "CNBlock" for m in _convnext().modules())
+    assert ops["QLinearAdd"] == blocks and ops["QLinearMul"] == blocks  # residual Add, layer scale
 
 
 @pytest.mark.parametrize(

@@ -18,18 +18,31 @@ more inputs than either (the gate itself: ``qtoolkit.report.writer.parity_limit`
 - ``batch-halves``: any dynamically quantized model (MPNet, LSTM, ...) run on each half of every
   batch: the same inputs and padding, but each per-tensor activation range is measured over half
   the batch, so roundings move as they do under another kernel.
+
+The same idea on the ONNX side (:func:`ort_fusion_floor`): one INT8 file, run by onnxruntime with
+graph optimizations disabled (the QDQ graph as written: DequantizeLinear -> float op ->
+QuantizeLinear, what qtoolkit's QDQ simulation computes) and with all of them (fused integer kernels
+QLinearConv/QGemm/QLinearAdd…, whose requantization rounds some values 1 LSB differently). Their
+disagreement is the part of a parity gap that comes from onnxruntime's kernels, not from the export:
+
+    d_fusion = 1 − agreement(ORT unfused, ORT fused)      (same file, same inputs)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from torch import nn
 
-__all__ = ["KERNEL_SWAPS", "KernelSwap", "find_kernel_swap", "swapped_runner"]
+from qtoolkit.evaluate.metrics import agreement, max_abs_diff, predictions
+from qtoolkit.runtime.batches import collect_logits
+from qtoolkit.runtime.ort import make_session, to_numpy
+
+__all__ = ["KERNEL_SWAPS", "KernelSwap", "find_kernel_swap", "ort_fusion_floor", "swapped_runner"]
 
 
 Runner = Callable[[Any], Any]
@@ -127,3 +140,31 @@ def find_kernel_swap(model: nn.Module) -> tuple[KernelSwap, str] | None:
 def swapped_runner(run: Runner, model: nn.Module, swap: KernelSwap) -> Runner:
     """``run`` (a runner of ``model``) executed with ``swap`` applied."""
     return swap.wrap(run, model)
+
+
+ORT_FUSION_SWAP = "onnxruntime graph optimizations all (fused integer kernels) → disabled (unfused QDQ)"
+
+
+def ort_fusion_floor(
+    onnx_path: str | os.PathLike[str], batches: Iterable[Any], threads: int = 2
+) -> dict[str, Any]:
+    """Top-1 agreement and max |Δlogit| of ``onnx_path`` run by onnxruntime unfused vs fused.
+
+    ``batches`` yields input tensors (or ``(inputs, label)``) of a one-input model. Returns
+    ``agreement`` (1 − d_fusion), ``max_abs_diff``, ``samples`` and ``swap`` (what was swapped).
+    """
+    sessions = {level: make_session(onnx_path, threads, optimization=level) for level in ("disabled", "all")}
+    name = sessions["all"].get_inputs()[0].name
+
+    def runner(session: Any) -> Runner:
+        return lambda inputs: session.run(None, {name: to_numpy(inputs)})[0]
+
+    runs = {level: runner(session) for level, session in sessions.items()}
+    logits = collect_logits(runs, batches, arity=1, desc="fusion floor", progress=False).logits
+    unfused, fused = logits["disabled"], logits["all"]
+    return {
+        "agreement": agreement(predictions(unfused), predictions(fused)),
+        "max_abs_diff": max_abs_diff(unfused, fused),
+        "samples": len(fused),
+        "swap": ORT_FUSION_SWAP,
+    }

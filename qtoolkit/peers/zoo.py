@@ -10,6 +10,11 @@ the same FP32 ONNX with the same calibration batches (onnxruntime), then
   ``parity_samples`` random inputs. Every op qtoolkit quantizes beyond torch.ao's defaults
   (``qtoolkit.quantize.int8_rules``) is rewritten into torch's own INT8 kernels, so torch's
   converted model is the reference for every op;
+* the kernel noise floor of that parity (:func:`qtoolkit.evaluate.noise_floor.ort_fusion_floor`):
+  top-1 agreement of the same qtoolkit INT8 file run by onnxruntime unfused (optimizations
+  disabled: the QDQ graph as written) vs fused (all optimizations), on the same inputs. It shows how
+  much of a parity gap is onnxruntime's fused integer rounding, amplified by the network, rather
+  than the export; the parity figure and its gate are unchanged;
 * the graph onnxruntime runs (:mod:`qtoolkit.evaluate.graph_quality`): float compute ops,
   DequantizeLinear nodes and layout Transposes, qtoolkit's and onnxruntime's quantizer's;
 * size ratio FP32 / INT8 and latency of FP32 ONNX, qtoolkit INT8, ORT INT8 in interleaved rounds
@@ -28,6 +33,7 @@ import tempfile
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,7 @@ from torch import nn
 
 from qtoolkit.evaluate.graph_quality import float_op_names, graph_quality, optimized_op_counts
 from qtoolkit.evaluate.latency import best_of_rounds, interleaved_latency, paired_ratio
+from qtoolkit.evaluate.noise_floor import ort_fusion_floor
 from qtoolkit.evaluate.parity import check_parity
 from qtoolkit.export import export_int8_onnx, export_onnx
 from qtoolkit.peers.ort_quantizer import ort_quantize_static
@@ -56,6 +63,27 @@ _BUILD_KWARGS: dict[str, dict[str, Any]] = {
 VARIANTS = ("fp32_onnx", "qtoolkit_int8", "ort_int8")
 
 
+def _tiny_builders() -> dict[str, Callable[[], nn.Module]]:
+    import torchvision.models as tvm
+    from torchvision.models.convnext import CNBlockConfig
+
+    return {
+        "tiny_vit": lambda: tvm.VisionTransformer(64, 16, 4, 4, 64, 128, num_classes=100),
+        "tiny_convnext": lambda: tvm.convnext.ConvNeXt(
+            [CNBlockConfig(32, 64, 2), CNBlockConfig(64, None, 2)], num_classes=100
+        ),
+        "tiny_swin": lambda: tvm.swin_transformer.SwinTransformer(
+            [4, 4], 32, [2, 2], [2, 4], [4, 4], num_classes=100
+        ),
+    }
+
+
+# Small configs of the transformer families, 64x64 inputs (``--models tiny_vit ...``): seconds, not
+# minutes, to quantize and time, for developing graph rules before the full-size rows.
+TINY_MODELS = ("tiny_vit", "tiny_swin", "tiny_convnext")
+TINY_IMAGE_SIZE = 64
+
+
 def build_torchvision(name: str, image_size: int = 224, warmup_batches: int = 2, seed: int = 0) -> nn.Module:
     """torchvision classifier ``name`` with random weights (zero-initialised Linear layers drawn too)
     and BatchNorm statistics of random data."""
@@ -63,12 +91,19 @@ def build_torchvision(name: str, image_size: int = 224, warmup_batches: int = 2,
 
     from qtoolkit.errors import QtkError
 
-    try:
-        builder = torchvision.models.get_model_builder(name)
-    except ValueError as error:
-        raise QtkError(f"{name} is not a torchvision model; see torchvision.models.list_models()") from error
+    if name in TINY_MODELS:
+        builder = _tiny_builders()[name]
+    else:
+        try:
+            builder = partial(
+                torchvision.models.get_model_builder(name), weights=None, **_BUILD_KWARGS.get(name, {})
+            )
+        except ValueError as error:
+            raise QtkError(
+                f"{name} is not a torchvision model; see torchvision.models.list_models()"
+            ) from error
     torch.manual_seed(seed)
-    model = builder(weights=None, **_BUILD_KWARGS.get(name, {})).train()
+    model = builder().train()
     for module in model.modules():  # ViT zero-inits its head: constant logits would hide any mismatch
         if isinstance(module, nn.Linear) and not module.weight.any():
             nn.init.normal_(module.weight, std=0.01)
@@ -112,8 +147,9 @@ def zoo_row(
     runtimes: Sequence[str] = (DEFAULT_RUNTIME,),
     strict_fp32: bool = False,
 ) -> dict[str, Any]:
-    """One model's row (see module docstring); JSON-able."""
+    """One model's row (see module docstring); JSON-able. ``TINY_MODELS`` run at ``TINY_IMAGE_SIZE``."""
     row: dict[str, Any] = {"model": name}
+    image_size = TINY_IMAGE_SIZE if name in TINY_MODELS else image_size
     generator = torch.Generator().manual_seed(2)
     calibration = [
         torch.randn(4, 3, image_size, image_size, generator=generator) for _ in range(calibration_batches)
@@ -159,6 +195,11 @@ def zoo_row(
                 row,
                 "parity",
                 lambda: check_parity(quantized.int8_model, ready["qtoolkit_int8"], parity_batches, threads),
+            )
+            row["kernel_floor"] = _step(
+                row,
+                "kernel_floor",
+                lambda: ort_fusion_floor(ready["qtoolkit_int8"], parity_batches, threads),
             )
             row["parity_reference"] = (
                 "torch INT8 (torch.ao convert + qtoolkit INT8 rules, torch's own kernels)"
@@ -290,6 +331,10 @@ def _openvino_graph_cell(row: dict[str, Any]) -> str:
     return " vs ".join("/".join(map(str, integer_and_float(g))) if g else "–" for g in cells)
 
 
+def _agreement_cell(result: dict[str, Any] | None) -> str:
+    return f"{100 * result['agreement']:.1f}% / {result['max_abs_diff']:.3g}" if result else "–"
+
+
 def _latency_cells(row: dict[str, Any], batch: str) -> list[str]:
     ms, ratios = row.get("latency_ms", {}).get(batch), row.get("ratios", {}).get(batch, {})
     if ms is None:
@@ -305,8 +350,9 @@ def format_zoo(results: dict[str, Any]) -> str:
     """One markdown table: export, parity, graph quality, size and latency ratios per model."""
     env, options = results["environment"], results["options"]
     batches = [str(b) for b in options.get("batch_sizes", (1, 8))]
-    header = ["model", "qtoolkit export", "parity top-1 / max Δlogit", "float ops qtk/ORT", "DQ qtk/ORT",
-              "layout qtk/ORT", "qtk float ops left", "size FP32/INT8"]  # fmt: skip
+    header = ["model", "qtoolkit export", "parity top-1 / max Δlogit", "kernel floor top-1 / max Δlogit",
+              "float ops qtk/ORT", "DQ qtk/ORT", "layout qtk/ORT", "qtk float ops left",
+              "size FP32/INT8"]  # fmt: skip
     others = [rt for rt in options.get("runtimes", ()) if rt != DEFAULT_RUNTIME]
     for b in batches:
         header += [f"b{b} ms FP32 / qtk / ORT", f"b{b} qtk/ORT", f"b{b} FP32/qtk"]
@@ -323,13 +369,14 @@ def format_zoo(results: dict[str, Any]) -> str:
     ]
     for row in results["rows"]:
         parity = row.get("parity")
-        parity_cell = f"{100 * parity['agreement']:.1f}% / {parity['max_abs_diff']:.3g}" if parity else "–"
+        parity_cell = _agreement_cell(parity)
         floats = row.get("float_ops", {}).get("qtoolkit_int8")
         float_cell = (
             ", ".join(f"{op} {n}" for op, n in floats.items()) or "none" if floats is not None else "–"
         )
         size = row.get("size_ratio", {}).get("qtoolkit_int8")
-        cells = [row["model"], _export_cell(row), parity_cell, _pair(row, "float_ops"), _pair(row, "dequantize"),
+        cells = [row["model"], _export_cell(row), parity_cell, _agreement_cell(row.get("kernel_floor")),
+                 _pair(row, "float_ops"), _pair(row, "dequantize"),
                  _pair(row, "layout"), float_cell, f"{size:.2f}×" if size else "–"]  # fmt: skip
         for b in batches:
             cells += _latency_cells(row, b)
@@ -337,7 +384,7 @@ def format_zoo(results: dict[str, Any]) -> str:
                 cells += _runtime_cells(row, b, rt)
         for rt in others:
             got = (row.get("parity_by_runtime") or {}).get(rt)
-            cells.append(f"{100 * got['agreement']:.1f}% / {got['max_abs_diff']:.3g}" if got else "–")
+            cells.append(_agreement_cell(got))
         if "openvino" in others:
             cells.append(_openvino_graph_cell(row))
         lines.append("| " + " | ".join(cells) + " |")
@@ -345,6 +392,7 @@ def format_zoo(results: dict[str, Any]) -> str:
         "",
         "float ops / DQ / layout: op counts of the graph onnxruntime runs (after its optimizer); "
         f"latency: best of {options.get('rounds')} interleaved round medians (ms); ratios: median of "
-        "per-round ratios; parity: qtoolkit INT8 ONNX vs torch's INT8 model.",
+        "per-round ratios; parity: qtoolkit INT8 ONNX vs torch's INT8 model; kernel floor: the same "
+        "qtoolkit file on onnxruntime unfused (optimizations disabled) vs fused (all), same inputs.",
     ]
     return "\n".join(lines) + "\n"

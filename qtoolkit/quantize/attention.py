@@ -7,7 +7,8 @@ replaced by an equivalent module built from the same parameters:
 
     qkv = Linear(x)            (query rows of W, b pre-multiplied by d^-1/2: q·kᵀ/√d exactly)
     s   = q @ kᵀ               (quantized::matmul -> QLinearMatMul in ONNX Runtime)
-    p   = softmax(s + B)       (float island: additive relative-position bias / shift mask B)
+    p   = softmax(s + B)       (B: relative-position bias; with Swin's -100 shift mask a float
+                                island, without it an INT8 add then softmax -> QLinearAdd, QLinearSoftmax)
     o   = Linear(p @ v)        (quantized::matmul, then the output projection)
 
 Softmax (with its additive bias) is an ``fx.wrap`` leaf, so it stays float between DQ and Q: an
@@ -95,7 +96,7 @@ class QuantizableSelfAttention(nn.Module):
 class QuantizableWindowAttention(nn.Module):
     """torchvision's ``ShiftedWindowAttention`` for a fixed (H, W) feature map (any batch size)."""
 
-    float_softmax = True  # softmax(s + bias): Add and Softmax stay float in ONNX Runtime
+    float_softmax = True  # softmax(s + bias) with the shift mask: Add and Softmax stay float (set per block)
 
     def __init__(self, swa: nn.Module, height: int, width: int) -> None:
         super().__init__()
@@ -115,6 +116,9 @@ class QuantizableWindowAttention(nn.Module):
         if sum(self.shift) > 0:  # (1, windows, heads, N, N): bias plus the shifted-window mask
             bias = bias.unsqueeze(1) + self._shift_mask().unsqueeze(1).unsqueeze(0)
         self.register_buffer("bias", bias)
+        # Without the -100 shift mask, s + B spans the scores' own range: an INT8 add (QLinearAdd) and
+        # a softmax alone between DQ and Q (QLinearSoftmax), as in ViT. With it, both stay float.
+        self.float_softmax = sum(self.shift) > 0
 
     def _shift_mask(self) -> torch.Tensor:
         """-100 where two tokens of a window come from different regions of the rolled map."""
@@ -142,7 +146,11 @@ class QuantizableWindowAttention(nn.Module):
         scores = torch.matmul(q, k.transpose(-2, -1))
         if sh or sw:
             scores = scores.reshape(-1, self.windows, heads, tokens, tokens)
-        attn = attention_softmax(scores, self.bias).reshape(-1, heads, tokens, tokens)
+        if self.float_softmax:
+            attn = attention_softmax(scores, self.bias)
+        else:
+            attn = attention_softmax(scores + self.bias)
+        attn = attn.reshape(-1, heads, tokens, tokens)
         x = torch.matmul(attn, v).transpose(1, 2).reshape(-1, tokens, c)
         x = self.proj(x)
         x = x.reshape(-1, ph // wh, pw // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ph, pw, c)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qtoolkit.export.qdq_passes import _const, _dequantize_params, _initializer, _unique
+from qtoolkit.export.qdq_passes import _const, _dequantize_params, _initializer, _unique, insert_reader
 
 
 def _single_consumer(value: ir.Value) -> ir.Node | None:
@@ -87,14 +87,9 @@ def linear_to_gemm(model: ir.Model) -> int:
         graph.insert_before(matmul, [flat, dq, gemm])
         q.replace_input_with(0, gemm.outputs[0])
         q.outputs[0].shape = None  # 2-D now; shape inference fills it in
-        users = list(q.outputs[0].consumers())
         back = _reshape(graph, q.outputs[0], [-1, *inner, n_out], f"{q.name}_unflat")
         back.outputs[0].shape, back.outputs[0].type = add.outputs[0].shape, q.outputs[0].type
-        graph.insert_after(q, back)
-        for user in users:
-            for index, value in enumerate(user.inputs):
-                if value is q.outputs[0]:
-                    user.replace_input_with(index, back.outputs[0])
+        insert_reader(graph, q, back)
         graph.remove([add, matmul], safe=True)
         count += 1
     return count

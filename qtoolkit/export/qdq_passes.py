@@ -104,6 +104,18 @@ _CLIP_OPS = {"Clip": None, "Relu": (0.0, np.inf)}  # op -> fixed bounds (None: r
 _INT_RANGES = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
 
 
+def insert_reader(graph: ir.Graph, after: ir.Node, node: ir.Node) -> None:
+    """Insert ``node``, which reads ``after``'s first output, right after it, and move every other
+    reader of that output onto ``node``'s output (a new op spliced into an edge)."""
+    value = after.outputs[0]
+    users = [user for user in value.consumers() if user is not node]
+    graph.insert_after(after, node)
+    for user in users:
+        for index, source in enumerate(user.inputs):
+            if source is value:
+                user.replace_input_with(index, node.outputs[0])
+
+
 def _clip_bounds(node: ir.Node) -> tuple[float, float] | None:
     fixed = _CLIP_OPS[node.op_type]
     if fixed is not None:
@@ -191,14 +203,9 @@ def relu_on_integers(model: ir.Model) -> int:
         q.replace_input_with(0, node.inputs[0])
         graph.remove(node, safe=True)
         last = _past_max_pools(q)
-        users = list(last.outputs[0].consumers())
         clip = ir.node("Clip", [last.outputs[0], q.inputs[2]], name=_unique(graph, f"{last.name}_relu"))
         clip.outputs[0].shape, clip.outputs[0].type = last.outputs[0].shape, last.outputs[0].type
-        graph.insert_after(last, clip)
-        for user in users:
-            for index, value in enumerate(user.inputs):
-                if value is last.outputs[0]:
-                    user.replace_input_with(index, clip.outputs[0])
+        insert_reader(graph, last, clip)
         count += 1
     return count
 

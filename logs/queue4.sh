@@ -1,7 +1,0 @@
-#!/bin/bash
-cd /work/main && . .venv/bin/activate && export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false QTK_CACHE=/work/main/.cache/qtoolkit
-while pgrep -f "bench/optimizer_memory.py" >/dev/null; do sleep 5; done
-echo "$(date +%T) end optmem_minilm (orphaned from queue3)" >> logs/queue.log
-step() { name=$1; shift; echo "$(date +%T) start $name (load $(cut -d' ' -f1 /proc/loadavg))" >> logs/queue.log; /usr/bin/time -f "%e s wall, %M KB maxrss" "$@" > logs/$name.log 2>&1; echo "$(date +%T) end $name rc=$? " >> logs/queue.log; }
-step optmem_qat python bench/optimizer_memory.py --recipes qat --qat-set quantize.qat.lr=1e-5 --out runs/optimizer_memory_qat
-step ptq_w4 python bench/ptq_algorithms.py --variants w8 w4_nearest w4_adaround --out runs/ptq_w4

@@ -144,17 +144,15 @@ def test_swin_window_attention_runs_in_integer(tmp_path) -> None:
     assert ops["MatMul"] == 0 and ops["Gemm"] == 0
     assert sum(ops[k] for k in INTEGER_MATMULS) == 4 * 6 + 1 + 1
     assert ops["QLinearMatMul"] >= 8
-    # 8x8 map, window 4: only the second block of stage 1 is shifted. Its softmax(s + bias + mask)
-    # stays a float island; the other three add their position bias in integer, then QLinearSoftmax
-    assert ops["Softmax"] == 1 and ops["QLinearSoftmax"] == 3  # before: 4 float, 0
+    # softmax(s + position bias [+ shift mask]) stays a float island in every window (OpenVINO cannot
+    # compile the integer bias Add: attention.py)
+    assert ops["Softmax"] == 4 and ops.get("QLinearSoftmax", 0) == 0
     # Linear layers on windows/tokens: MatMulIntegerToFloat + bias Add each (LINEAR_TO_GEMM is off),
-    # plus the masked softmax bias
-    assert ops["QGemm"] == 1 and ops["MatMulIntegerToFloat"] == 4 * 4 and ops["Add"] == 4 * 4 + 1
+    # plus the 4 softmax position biases
+    assert ops["QGemm"] == 1 and ops["MatMulIntegerToFloat"] == 4 * 4 and ops["Add"] == 4 * 4 + 4
     assert _float_between_qdq(path, "LayerNormalization") >= 9
-    assert [n for n in quantized.details["float_ops"] if "softmax" in n] == [
-        "features.1.1.attn (softmax with position bias)"
-    ]
-    assert ops["QLinearAdd"] == 4 * 2 + 3  # both residual Adds of the 4 blocks, 3 position biases
+    assert sum("softmax" in name for name in quantized.details["float_ops"]) == 4
+    assert ops["QLinearAdd"] == 4 * 2  # both residual Adds of the 4 blocks
 
 
 def test_densenet_batchnorm_after_concat_stays_float(tmp_path) -> None:

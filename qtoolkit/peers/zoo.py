@@ -246,11 +246,17 @@ def _time(
     runtimes: Sequence[str] = (DEFAULT_RUNTIME,),
     strict_fp32: bool = False,
 ) -> None:
-    loaded = {
-        variant_name(key, rt): load_onnx(path, rt, threads, strict_fp32)
-        for rt in runtimes
-        for key, path in paths.items()
-    }
+    loaded: dict[str, Any] = {}
+    for rt in runtimes:
+        try:
+            loaded |= {
+                variant_name(key, rt): load_onnx(path, rt, threads, strict_fp32)
+                for key, path in paths.items()
+            }
+        except Exception as error:  # a runtime that cannot compile a file must not cost the others' timings
+            row.setdefault("errors", {})[f"latency_{rt}"] = _first_line(error)
+            row.setdefault("tracebacks", {})[f"latency_{rt}"] = traceback.format_exc(limit=4)
+    runtimes = [rt for rt in runtimes if variant_name(next(iter(paths)), rt) in loaded]
     row["runtimes"] = {rt: loaded[variant_name(next(iter(paths)), rt)].info for rt in runtimes}
     graphs = {key: model.runtime_graph() for key, model in loaded.items() if model.runtime_graph is not None}
     if graphs:

@@ -7,8 +7,7 @@ replaced by an equivalent module built from the same parameters:
 
     qkv = Linear(x)            (query rows of W, b pre-multiplied by d^-1/2: q·kᵀ/√d exactly)
     s   = q @ kᵀ               (quantized::matmul -> QLinearMatMul in ONNX Runtime)
-    p   = softmax(s + B)       (B: relative-position bias; with Swin's -100 shift mask a float
-                                island, without it an INT8 add then softmax -> QLinearAdd, QLinearSoftmax)
+    p   = softmax(s + B)       (float island: additive relative-position bias / shift mask B)
     o   = Linear(p @ v)        (quantized::matmul, then the output projection)
 
 Softmax (with its additive bias) is an ``fx.wrap`` leaf, so it stays float between DQ and Q: an
@@ -96,7 +95,7 @@ class QuantizableSelfAttention(nn.Module):
 class QuantizableWindowAttention(nn.Module):
     """torchvision's ``ShiftedWindowAttention`` for a fixed (H, W) feature map (any batch size)."""
 
-    float_softmax = True  # softmax(s + bias) with the shift mask: Add and Softmax stay float (set per block)
+    float_softmax = True  # softmax(s + bias): Add and Softmax stay float (see __init__)
 
     def __init__(self, swa: nn.Module, height: int, width: int) -> None:
         super().__init__()
@@ -116,9 +115,11 @@ class QuantizableWindowAttention(nn.Module):
         if sum(self.shift) > 0:  # (1, windows, heads, N, N): bias plus the shifted-window mask
             bias = bias.unsqueeze(1) + self._shift_mask().unsqueeze(1).unsqueeze(0)
         self.register_buffer("bias", bias)
-        # Without the -100 shift mask, s + B spans the scores' own range: an INT8 add (QLinearAdd) and
-        # a softmax alone between DQ and Q (QLinearSoftmax), as in ViT. With it, both stay float.
-        self.float_softmax = sum(self.shift) > 0
+        # Without the -100 shift mask, s + B could be an INT8 add (QLinearAdd) then QLinearSoftmax, as in
+        # ViT: onnxruntime runs it, but OpenVINO 2026.4.1 fails to compile swin_t with an Add of two
+        # dequantized [.., 3, 49, 49] tensors ("AddTransformation ... index '0' out of range"), so every
+        # window keeps softmax(s + B) float. Flip to `sum(self.shift) > 0` once OpenVINO compiles it.
+        self.float_softmax = True
 
     def _shift_mask(self) -> torch.Tensor:
         """-100 where two tokens of a window come from different regions of the rolled map."""

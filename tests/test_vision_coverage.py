@@ -81,6 +81,16 @@ def _export(model: nn.Module, tmp_path, size: int = 32) -> tuple[qtk.QuantizedMo
     return quantized, path, Counter(n.op_type for n in onnx.load(str(optimized)).graph.node)
 
 
+def _dequantized_reads(path, op_type: str) -> int:
+    """How many ``op_type`` nodes read their data input from a DequantizeLinear."""
+    graph = onnx.load(str(path)).graph
+    producer = {out: node.op_type for node in graph.node for out in node.output}
+    return sum(
+        node.op_type == op_type and bool(node.input) and producer.get(node.input[0]) == "DequantizeLinear"
+        for node in graph.node
+    )
+
+
 def _float_between_qdq(path, op_type: str) -> int:
     """How many ``op_type`` nodes read only DequantizeLinear/initializers and feed only QuantizeLinear."""
     graph = onnx.load(str(path)).graph
@@ -134,6 +144,9 @@ def test_vit_attention_and_linear_run_in_integer(tmp_path) -> None:
     # residual stream on the INT8 grid: 2 layers x 2 residual Adds + the position embedding, each a
     # QLinearAdd (torch's quantized::add; both inputs and the output quantized), none left float
     assert ops["QLinearAdd"] == 2 * 2 + 1
+    # q, k, v are picked out of the in-projection on the integers and only then requantized onto
+    # their own grids (grid_passes.select_on_integers; before: 7 Gathers each dequantizing all of qkv)
+    assert _dequantized_reads(tmp_path / "optimized.onnx", "Gather") == 0
 
 
 def test_swin_window_attention_runs_in_integer(tmp_path) -> None:
@@ -153,6 +166,7 @@ def test_swin_window_attention_runs_in_integer(tmp_path) -> None:
     assert _float_between_qdq(path, "LayerNormalization") >= 9
     assert sum("softmax" in name for name in quantized.details["float_ops"]) == 4
     assert ops["QLinearAdd"] == 4 * 2  # both residual Adds of the 4 blocks
+    assert _dequantized_reads(tmp_path / "optimized.onnx", "Gather") == 0  # q, k, v picked in int8
 
 
 def test_densenet_batchnorm_after_concat_stays_float(tmp_path) -> None:

@@ -27,7 +27,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qtoolkit.export.qdq_passes import PASSTHROUGH_OPS, _dequantize_params, requantize_output
+from qtoolkit.export.qdq_passes import (
+    PASSTHROUGH_OPS,
+    _dequantize_params,
+    _unique,
+    insert_reader,
+    requantize_output,
+)
 
 # Ops with one data input whose INT8 outputs keep that input's qparams (copies, max, reshapes).
 SINGLE_INPUT_OPS = PASSTHROUGH_OPS | {
@@ -75,6 +81,45 @@ def requantize_grid_ops(model: ir.Model) -> int:
             continue
         for output in node.outputs:
             count += requantize_output(graph, node, output, source)
+    return count
+
+
+# Ops that pick part of their input: run on the integers, dequantize only what they keep.
+SELECT_OPS = frozenset({"Gather", "Slice"})
+
+
+def select_on_integers(model: ir.Model) -> int:
+    """Run ``DQ → Gather/Slice → Q`` as ``Gather/Slice → DQ → Q`` on the integer tensor.
+
+    Exact: a per-tensor DequantizeLinear is elementwise, so ``select(DQ(q)) = DQ(select(q))``. It
+    matters where the Q after the select has other qparams than the DQ before it (so onnxruntime
+    cannot drop the pair): attention's q, k, v are picked out of one in-projection tensor and each
+    requantized onto its own grid. Before, every pick dequantized the whole 3×E tensor (onnxruntime
+    duplicates a DQ per reader: vit_b_16 36 DQs of 3×E per image); after, it gathers the int8 tensor
+    and dequantizes only its E.
+    """
+    graph, count = model.graph, 0
+    for node in list(graph):
+        if node.domain not in ("", "ai.onnx") or node.op_type not in SELECT_OPS or len(node.outputs) != 1:
+            continue
+        grid, output = _grid_of(node.inputs[0]), node.outputs[0]
+        consumers = list(output.consumers())
+        if grid is None or output.is_graph_output() or not consumers:
+            continue
+        if any(c.op_type != "QuantizeLinear" for c in consumers):
+            continue  # a float reader: requantize_grid_ops keeps the select on the grid instead
+        source = grid[0]
+        scale, integers = source.inputs[1], source.inputs[0]
+        node.replace_input_with(0, integers)
+        output.dtype = integers.dtype if integers.dtype is not None else source.inputs[2].dtype
+        dq = ir.node(
+            "DequantizeLinear",
+            [output, *source.inputs[1:]],
+            name=_unique(graph, f"{node.name}_dq"),
+        )
+        dq.outputs[0].shape, dq.outputs[0].dtype = output.shape, scale.dtype
+        insert_reader(graph, node, dq)
+        count += 1
     return count
 
 

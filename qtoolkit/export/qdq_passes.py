@@ -251,13 +251,18 @@ LINEAR_TO_GEMM = False
 
 def make_ort_friendly(model: ir.Model) -> dict[str, int]:
     """Run every pass; return how many places each one changed (recorded in the export log)."""
-    from qtoolkit.export.grid_passes import drop_output_round_trip, requantize_grid_ops  # imports us
+    from qtoolkit.export.grid_passes import (  # imports us
+        drop_output_round_trip,
+        requantize_grid_ops,
+        select_on_integers,
+    )
     from qtoolkit.export.linear_passes import linear_to_gemm
 
     changes = {
         "dropped_clips": drop_redundant_clips(model),
         "requantized_passthrough": requantize_passthrough(model),
         "requantized_grid_ops": requantize_grid_ops(model),
+        "selects_on_integers": select_on_integers(model),
         # after the grid passes: its input may be a reshape's
         "linear_to_gemm": linear_to_gemm(model) if LINEAR_TO_GEMM else 0,
         "relu_on_integers": relu_on_integers(model),

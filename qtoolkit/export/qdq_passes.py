@@ -245,7 +245,7 @@ def requantize_passthrough(model: ir.Model) -> int:
 # Linear on ≥3-D activations as QGemm (linear_passes): fewer float ops, and faster on OpenVINO
 # (convnext_tiny b8 0.78x ORT-quantizer's file), but slower on onnxruntime's CPU kernels than
 # MatMulIntegerToFloat + float bias Add (convnext_tiny b8 1.15x vs 1.07x the peer, vit_b_16 1.20x vs
-# 1.16x: `python bench/linear_gemm_ab.py`), so off by default: onnxruntime is the default runtime.
+# 1.16x: `python bench/export_pass_ab.py`), so off by default: onnxruntime is the default runtime.
 LINEAR_TO_GEMM = False
 
 

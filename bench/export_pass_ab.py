@@ -1,0 +1,87 @@
+"""One export pass on and off, timed beside onnxruntime's quantizer on the same FP32 model.
+
+    python bench/export_pass_ab.py convnext_tiny --pass linear_to_gemm       # opt-in Linear -> QGemm
+    python bench/export_pass_ab.py vit_b_16 --pass select_on_integers        # q, k, v picked in int8
+
+Quantizes one torchvision model once (random init, BN warmed), exports its INT8 model twice, with the
+pass on ("on") and off ("off"), beside onnxruntime's ``quantize_static`` of the same FP32 model
+("ort"), and prints the latency of each at batch 1 and 8 (2 threads, 5 interleaved rounds) with the
+paired median ratios on/ort, off/ort and on/off. ``linear_to_gemm`` decided the default of
+``qdq_passes.LINEAR_TO_GEMM`` (off); ``select_on_integers`` is on by default.
+"""
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import qtoolkit as qtk
+import qtoolkit.export.grid_passes as gp
+import qtoolkit.export.qdq_passes as qp
+from qtoolkit.evaluate.latency import interleaved_latency, paired_ratio
+from qtoolkit.peers.ort_quantizer import ort_quantize_static
+from qtoolkit.peers.zoo import build_torchvision
+from qtoolkit.runtime.ort import make_session
+
+_SELECT = gp.select_on_integers
+
+
+def _linear_to_gemm(on: bool) -> None:
+    qp.LINEAR_TO_GEMM = on
+
+
+def _select_on_integers(on: bool) -> None:
+    gp.select_on_integers = _SELECT if on else (lambda model: 0)  # make_ort_friendly looks it up per call
+
+
+PASSES: dict[str, Callable[[bool], None]] = {
+    "linear_to_gemm": _linear_to_gemm,
+    "select_on_integers": _select_on_integers,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", nargs="?", default="convnext_tiny", help="torchvision model name")
+    parser.add_argument("--pass", dest="pass_name", choices=sorted(PASSES), default="linear_to_gemm")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    out = Path(tempfile.mkdtemp())
+    model = build_torchvision(args.model)
+    generator = torch.Generator().manual_seed(3)
+    calibration = [torch.randn(4, 3, 224, 224, generator=generator) for _ in range(4)]
+    example = calibration[0][:1]
+    quantized = qtk.quantize_model(
+        model, qtk.StaticQuantConfig(), calibration=calibration, example_input=example
+    )
+    toggle = PASSES[args.pass_name]
+    for variant, on in (("on", True), ("off", False)):
+        toggle(on)
+        qtk.export_int8_onnx(quantized, example, out / f"{variant}.onnx")
+    toggle(args.pass_name != "linear_to_gemm")  # back to the default
+    qtk.export_onnx(model, example, out / "fp32.onnx")
+    ort_quantize_static(out / "fp32.onnx", out / "ort.onnx", [b.numpy() for b in calibration], "input")
+    for batch in (1, 8):
+        feed = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+        calls = {}
+        for variant in ("on", "off", "ort"):
+            session = make_session(out / f"{variant}.onnx", 2)
+            name = session.get_inputs()[0].name
+            calls[variant] = lambda s=session, n=name, f=feed: s.run(None, {n: f})
+        rounds = interleaved_latency(calls, rounds=5, warmup=2, repeats=10 if batch == 1 else 5)
+        ratios = {
+            f"{a}/{b}": {k: round(v, 3) for k, v in paired_ratio(rounds, a, b).items()}
+            for a, b in (("on", "ort"), ("off", "ort"), ("on", "off"))
+        }
+        medians = {k: round(float(np.median(v)), 2) for k, v in rounds.items()}
+        print(args.model, args.pass_name, f"b{batch}", medians, ratios, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,13 @@
-"""Linear layers on ≥3-D activations as one integer Gemm.
+"""Weight passes for Linear layers: one weight chain per reader, and ≥3-D Linear as one integer Gemm.
+
+:func:`unshare_weights`: torch's exporter merges identical constant subgraphs, so layers whose INT8
+weights are equal (``nn.TransformerEncoder`` clones one layer N times; untrained, they stay equal)
+end up reading one ``DQ(W) → Transpose``. onnxruntime fuses a quantized MatMul only when its
+weight's DequantizeLinear feeds it alone, and does not split a shared Transpose: both layers ran
+as float MatMul (``FusedMatMul``). Each reader gets its own copy of the chain (the initializer
+stays shared, so the file does not grow).
+
+Linear layers on ≥3-D activations as one integer Gemm:
 
 torch exports ``F.linear`` on a 3-D or 4-D input (ConvNeXt's channels-last MLP, ViT/Swin token MLPs)
 as ``MatMul(x, Wᵀ) + b``. In the QDQ graph the MatMul output goes to the float bias ``Add``, not to a
@@ -56,6 +65,33 @@ def _reshape(graph: ir.Graph, data: ir.Value, shape: list[int], base: str) -> ir
     """A Reshape of ``data`` to the constant ``shape`` (-1: the dynamic batch), not yet inserted."""
     target = _initializer(graph, _unique(graph, f"{base}_shape"), np.array(shape, dtype=np.int64))
     return ir.node("Reshape", [data, target], {"allowzero": 0}, name=_unique(graph, base))
+
+
+def unshare_weights(model: ir.Model) -> int:
+    """Give every extra reader of a shared ``DQ(constant) [→ Transpose]`` its own copy: copies made."""
+    graph, count = model.graph, 0
+    for dq in list(graph):
+        if dq.op_type != "DequantizeLinear" or _const(dq.inputs[0]) is None:
+            continue
+        chain, end = [dq], dq.outputs[0]
+        transpose = _single_consumer(end)
+        if transpose is not None and transpose.op_type == "Transpose":
+            chain, end = [dq, transpose], transpose.outputs[0]
+        uses = list(end.uses())
+        if end.is_graph_output() or len(uses) < 2:
+            continue
+        for user, index in uses[1:]:
+            copies: list[ir.Node] = []
+            for node in chain:
+                inputs = list(node.inputs)
+                if copies:  # the Transpose reads the DQ copy
+                    inputs[0] = copies[-1].outputs[0]
+                copies.append(ir.node(node.op_type, inputs, dict(node.attributes), domain=node.domain,
+                                      name=_unique(graph, f"{node.name}_unshared")))  # fmt: skip
+            graph.insert_before(user, copies)
+            user.replace_input_with(index, copies[-1].outputs[0])
+            count += 1
+    return count
 
 
 def linear_to_gemm(model: ir.Model) -> int:

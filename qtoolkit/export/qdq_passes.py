@@ -256,9 +256,10 @@ def make_ort_friendly(model: ir.Model) -> dict[str, int]:
         requantize_grid_ops,
         select_on_integers,
     )
-    from qtoolkit.export.linear_passes import linear_to_gemm
+    from qtoolkit.export.linear_passes import linear_to_gemm, unshare_weights
 
     changes = {
+        "unshared_weights": unshare_weights(model),
         "dropped_clips": drop_redundant_clips(model),
         "requantized_passthrough": requantize_passthrough(model),
         "requantized_grid_ops": requantize_grid_ops(model),

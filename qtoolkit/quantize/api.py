@@ -9,6 +9,7 @@ no second table. Handlers return a torch INT8 model that
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +82,11 @@ def quantize(model: nn.Module, config: QuantConfig, **inputs: Any) -> QuantizedM
     if method is None or not isinstance(config, method.config_type):
         known = ", ".join(m.config_type.__name__ for m in METHODS.values())
         raise QtkError(f"no quantizer for {type(config).__name__}; use one of {known}")
+    accepted = [n for n in inspect.signature(method.handler).parameters if n not in ("model", "config")]
+    unexpected = sorted(set(inputs) - set(accepted))
+    if unexpected:
+        takes = ", ".join(accepted) or "no inputs"
+        raise QtkError(f"{type(config).__name__} does not take {', '.join(unexpected)} (it takes: {takes})")
     return method.handler(model, config, **inputs)
 
 

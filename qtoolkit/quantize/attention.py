@@ -183,26 +183,36 @@ def rewrite_attention(model: nn.Module, example_input: torch.Tensor) -> dict[str
     """Replace attention modules in ``model`` (in place) by quantizable equivalents: name -> new module.
 
     One forward pass on ``example_input`` records each module's input shape (Swin's window layout
-    depends on it). MultiheadAttention with ``_qkv_same_embed_dim=False`` or bias_k/v is left alone.
+    depends on it). MultiheadAttention with ``_qkv_same_embed_dim=False`` or bias_k/v, or called as
+    cross-attention or with a mask on ``example_input``, is left alone (float),
+    and so is any attention inside a module FX keeps as a leaf (it stays float there, and a leaf's
+    own forward may read the original module's attributes).
     """
+    leaves = _fx_leaf_names(model)
     targets = {
         name: module
         for name, module in model.named_modules()
         if name
         and type(module) in ATTENTION_REWRITES
         and not (isinstance(module, nn.MultiheadAttention) and not _plain_mha(module))
+        and not any(name.startswith(f"{leaf}.") for leaf in leaves)
     }
     if not targets:
         return {}
     shapes: dict[str, torch.Size] = {}
+    cross: set[str] = set()  # MultiheadAttention called as cross-attention or with masks: stays float
 
-    def record(name: str) -> Callable[[nn.Module, tuple[object, ...]], None]:
-        def hook(module: nn.Module, args: tuple[object, ...]) -> None:  # returns None: args unchanged
+    def record(name: str) -> Callable[[nn.Module, tuple[object, ...], dict[str, object]], None]:
+        def hook(module: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
             shapes.setdefault(name, args[0].shape if args and isinstance(args[0], torch.Tensor) else None)
+            if isinstance(module, nn.MultiheadAttention) and not _self_attention_call(args, kwargs):
+                cross.add(name)
 
         return hook
 
-    hooks = [module.register_forward_pre_hook(record(name)) for name, module in targets.items()]
+    hooks = [
+        module.register_forward_pre_hook(record(name), with_kwargs=True) for name, module in targets.items()
+    ]
     try:
         with torch.no_grad():
             model(example_input)
@@ -211,13 +221,34 @@ def rewrite_attention(model: nn.Module, example_input: torch.Tensor) -> dict[str
             hook.remove()
     done = {}
     for name, module in targets.items():
-        if name not in shapes:
-            continue  # not called on this input
+        if name not in shapes or name in cross:
+            continue  # not called on this input, or not as plain self-attention
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         done[name] = ATTENTION_REWRITES[type(module)](module, shapes[name]).train(module.training)
         setattr(parent, attr, done[name])
     return done
+
+
+def _self_attention_call(args: tuple[object, ...], kwargs: dict[str, object]) -> bool:
+    """MultiheadAttention called with query is key is value and no masks (what the rewrite runs)."""
+    names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask")
+    bound = dict(zip(names, args, strict=False)) | kwargs
+    same = bound.get("query") is bound.get("key") is bound.get("value")
+    return same and bound.get("key_padding_mask") is None and bound.get("attn_mask") is None
+
+
+def _fx_leaf_names(model: nn.Module) -> list[str]:
+    """Names of the modules that symbolic tracing does not enter (torch.nn modules, by FX's rule).
+
+    Containers are not called (their members are), so they are not leaves even in torch.nn.
+    """
+    tracer, containers = fx.Tracer(), (nn.ModuleList, nn.ModuleDict)
+    return [
+        name
+        for name, module in model.named_modules()
+        if name and not isinstance(module, containers) and tracer.is_leaf_module(module, name)
+    ]
 
 
 def _plain_mha(mha: nn.MultiheadAttention) -> bool:

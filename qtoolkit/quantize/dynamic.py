@@ -34,7 +34,9 @@ from torch import nn
 
 from qtoolkit.errors import QtkError
 from qtoolkit.quantize.api import QuantizedModel, register_quantizer
+from qtoolkit.quantize.attention import rewrite_attention
 from qtoolkit.quantize.base import QuantConfig, set_backend
+from qtoolkit.quantize.transformer_layers import make_transformers_traceable
 
 __all__ = [
     "DynamicQuantConfig",
@@ -155,17 +157,44 @@ def cell_reduce_range(module: nn.Module) -> bool:
 _RECURRENT = (nn.LSTM, nn.GRU, nn.RNN, nn.RNNBase)
 
 
-def quantize_dynamic(model: nn.Module, config: DynamicQuantConfig | None = None) -> nn.Module:
+def _float_attention(
+    qmodel: nn.Module, rewritten: dict[str, nn.Module], had_example: bool
+) -> tuple[str, ...]:
+    """``name.`` prefixes of every MultiheadAttention left in ``qmodel``; warns about those in use."""
+    prefixes = tuple(f"{n}." for n, m in qmodel.named_modules() if isinstance(m, nn.MultiheadAttention))
+    in_use = [
+        p[:-1] for p in prefixes if p.removesuffix(".original.") not in rewritten
+    ]  # not the kept originals
+    if in_use:
+        hint = "" if had_example else "; pass example_input= to quantize its projections"
+        warnings.warn(
+            f"kept in float (MultiheadAttention, not rewritten): {', '.join(in_use)}{hint}", stacklevel=4
+        )
+    return prefixes
+
+
+def quantize_dynamic(
+    model: nn.Module, config: DynamicQuantConfig | None = None, example_input: object | None = None
+) -> nn.Module:
     """Return a dynamically quantized copy of ``model`` (eval mode); ``model`` is left unchanged.
 
+    With an ``example_input``, ``nn.MultiheadAttention`` used as self-attention is first rewritten
+    into Linear layers (:mod:`qtoolkit.quantize.attention`), so its projections quantize too;
+    otherwise it stays float (its forward reads ``out_proj.weight``, which a dynamic Linear lacks).
     Raises QtkError when the patterns select no module at all (a typo in include/exclude).
     """
     config = config or DynamicQuantConfig()
     set_backend(config.backend)
     linear_qconfig, embedding_qconfig, recurrent_qconfig = _qconfigs(config)
+    qmodel = copy.deepcopy(model).eval()
+    # nn.Transformer* fast paths read Linear .weight tensors (a method once quantized) and cannot
+    # be exported: the slow path is the same math
+    make_transformers_traceable(qmodel)
+    rewritten = rewrite_attention(qmodel, example_input) if isinstance(example_input, torch.Tensor) else {}
+    inside_attention = _float_attention(qmodel, rewritten, isinstance(example_input, torch.Tensor))
     spec: dict[str, Any] = {}
-    for name, module in model.named_modules():
-        if not name or not config.selects(name):
+    for name, module in qmodel.named_modules():
+        if not name or not config.selects(name) or name.startswith(inside_attention):
             continue
         if type(module) in (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear):
             spec[name] = linear_qconfig
@@ -180,7 +209,7 @@ def quantize_dynamic(model: nn.Module, config: DynamicQuantConfig | None = None)
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao deprecation notices, once per call
-        qmodel = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), spec, inplace=True)
+        qmodel = torch.ao.quantization.quantize_dynamic(qmodel, spec, inplace=True)
     if not config.reduce_range:
         for module in qmodel.modules():
             if type(module) is torch.ao.nn.quantized.dynamic.Linear:
@@ -209,9 +238,13 @@ def activation_reduce_range(module: nn.Module) -> bool:
 
 
 @register_quantizer(DynamicQuantConfig)
-def _dynamic_handler(model: nn.Module, config: DynamicQuantConfig) -> QuantizedModel:
-    """``quantize(model, DynamicQuantConfig(...))``: no calibration, activations quantized at run time."""
-    qmodel = quantize_dynamic(model, config)
+def _dynamic_handler(
+    model: nn.Module, config: DynamicQuantConfig, example_input: object | None = None
+) -> QuantizedModel:
+    """``quantize(model, DynamicQuantConfig(...))``: no calibration, activations quantized at run time.
+
+    ``example_input`` is optional: with it, self-attention ``nn.MultiheadAttention`` quantizes too."""
+    qmodel = quantize_dynamic(model, config, example_input)
     return QuantizedModel(
         qmodel, "dynamic", {"config": config.to_dict(), "modules": quantized_modules(qmodel)}
     )

@@ -1,18 +1,22 @@
 """Which parts of a converted INT8 model run in float in its ONNX export.
 
 Two kinds of float op end up between DequantizeLinear and QuantizeLinear in the exported graph:
-* ops torch.ao leaves unquantized (GELU, functional softmax ...): float modules in the torch model;
+* ops torch.ao leaves unquantized (GELU, functional softmax ...): float modules in the torch model,
+  or, when called as functions (``F.gelu`` in ``nn.TransformerEncoderLayer``), float call nodes
+  that read a ``dequantize`` in the converted FX graph;
 * ops torch.ao "quantizes" with kernels that dequantize, compute in float and requantize
   (LayerNorm, GroupNorm, InstanceNorm, BatchNorm not folded into a conv, Softmax): ONNX Runtime has
   no integer kernel for them, so they are float islands ``DQ -> op -> Q`` in the graph.
-:func:`float_in_onnx` names the second kind (and the biased attention softmax of
+:func:`float_in_onnx` names the second kind, the functional first kind (and the biased attention softmax of
 :mod:`qtoolkit.quantize.attention`), so that warnings and reports can say what stays float.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.ao.nn.intrinsic.quantized as nniq
 import torch.ao.nn.quantized as nnq
+import torch.nn.functional as F
 from torch import fx, nn
 
 # Quantized module types whose ONNX reference is a float op followed by Q/DQ.
@@ -26,6 +30,20 @@ FLOAT_IN_ONNX_OPS = frozenset(
      "batch_norm2d_relu", "batch_norm3d_relu", "softmax"}
 )  # fmt: skip
 
+# Functional float ops torch.ao leaves unquantized (float modules are named by quantize_static).
+FLOAT_FUNCTIONS = {
+    F.gelu: "gelu", F.elu: "elu", F.selu: "selu", F.celu: "celu", F.softplus: "softplus", F.mish: "mish",
+    F.layer_norm: "layer_norm", F.group_norm: "group_norm", F.softmax: "softmax", torch.softmax: "softmax",
+    F.log_softmax: "log_softmax", torch.erf: "erf", torch.exp: "exp",
+}  # fmt: skip
+
+
+def _reads_dequantized(node: fx.Node) -> bool:
+    return any(
+        isinstance(arg, fx.Node) and arg.op == "call_method" and arg.target == "dequantize"
+        for arg in node.args
+    )
+
 
 def float_in_onnx(int8_model: nn.Module, float_softmax: list[str] = ()) -> list[str]:
     """``name (kind)`` of every quantized module/op of ``int8_model`` that runs float in ONNX;
@@ -38,6 +56,9 @@ def float_in_onnx(int8_model: nn.Module, float_softmax: list[str] = ()) -> list[
     if isinstance(int8_model, fx.GraphModule):
         for node in int8_model.graph.nodes:
             if node.op != "call_function":
+                continue
+            if node.target in FLOAT_FUNCTIONS and _reads_dequantized(node):
+                found.append(f"{node.name} ({FLOAT_FUNCTIONS[node.target]})")
                 continue
             namespace, _, op = str(node.target).partition(".")
             if namespace == "quantized" and op.split(".")[0] in FLOAT_IN_ONNX_OPS:

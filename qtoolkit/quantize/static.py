@@ -45,6 +45,7 @@ from qtoolkit.quantize.int8_rules import apply_int8_rules, modules_on_int8
 from qtoolkit.quantize.kernel_check import verify_int8_kernels
 from qtoolkit.quantize.qconfig import ObserverSpec, build_qconfig
 from qtoolkit.quantize.traceability import fx_error_message
+from qtoolkit.quantize.transformer_layers import make_transformers_traceable
 
 # Float modules that FX/eager leave unquantized for a reason other than "unsupported": they either
 # carry no arithmetic or run fine on the integer grid of their input.
@@ -175,6 +176,7 @@ def _prepare_fx(
                 kept.append(f"{name} ({type(module).__name__}: no INT8 ONNX export yet)")
     try:
         if config.canonicalize:
+            rules["traceable_transformers"] = make_transformers_traceable(model)
             attention = rewrite_attention(model, example)
             rules["attention"] = list(attention)
             rules["float_softmax"] = [name for name, m in attention.items() if m.float_softmax]
@@ -199,8 +201,13 @@ def _prepare_fx(
 
 def _float_leftovers(int8_model: nn.Module) -> list[str]:
     """Compute modules that stayed in float after convert (named in a warning)."""
-    left = []
+    left: list[str] = []
     for name, module in int8_model.named_modules():
+        if any(name.startswith(f"{whole.split(' ')[0]}.") for whole in left):
+            continue  # inside a float MultiheadAttention, named once
+        if name and isinstance(module, nn.MultiheadAttention):
+            left.append(f"{name} (MultiheadAttention)")
+            continue
         is_leaf = not any(True for _ in module.children())
         if not name or not is_leaf or isinstance(module, _NEUTRAL_FLOAT_MODULES):
             continue

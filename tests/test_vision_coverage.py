@@ -252,3 +252,35 @@ def test_parity_names_simulated_op_kinds(tmp_path) -> None:
     parity = qtk.check_parity(quantized.int8_model, path, data)
     assert parity["reference"] == {"Conv": TORCH_INT8, "Gemm": SIMULATION}
     assert parity["agreement"] == 1.0
+
+
+class _ScaledBranches(nn.Module):
+    """Python-number products of quantized tensors (swin_v2's ``16 * sigmoid(bias)``): quantized::mul."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)  # output straight after the products: a mean or head would add 1-LSB ties
+        return (16 * torch.sigmoid(y) + y * -0.5).flatten(1)
+
+
+def test_product_with_a_python_number_exports_exactly(tmp_path) -> None:
+    model = _ScaledBranches().eval()
+    data = _batches(2, seed=4)
+    quantized = qtk.quantize_model(
+        model, qtk.StaticQuantConfig(), calibration=data, example_input=data[0][:1]
+    )
+    scalar_muls = [
+        n for n in quantized.int8_model.graph.nodes if "quantized.mul" in str(n.target) and len(n.args) == 2
+    ]
+    assert len(scalar_muls) == 2  # before: "not enough values to unpack" in to_reference
+    path = tmp_path / "scaled.onnx"
+    qtk.export_int8_onnx(quantized.int8_model, data[0][:1], path)
+    onnx.checker.check_model(str(path), full_check=True)
+    inputs = torch.cat(data)
+    with torch.no_grad():  # the float reference (what is exported) computes torch's INT8 exactly
+        simulated = to_reference(quantized.int8_model)(inputs)
+        assert (simulated - quantized.int8_model(inputs)).abs().max() < 1e-5
+    assert qtk.check_parity(quantized.int8_model, path, data)["agreement"] == 1.0

@@ -309,6 +309,11 @@ def _float_op_then_qdq(
     gm.graph.erase_node(node)
 
 
+def _scalar_form(node: fx.Node) -> bool:
+    """A quantized binary op called as (tensor, number) / (number, tensor): no output qparams."""
+    return len(node.args) == 2 and any(isinstance(a, int | float) for a in node.args)
+
+
 def _rewrite_fx_graph(gm: fx.GraphModule) -> None:
     """Replace quantize/dequantize nodes and quantized functional ops in an FX-converted graph."""
     graph, counter = gm.graph, 0
@@ -346,7 +351,12 @@ def _rewrite_fx_graph(gm: fx.GraphModule) -> None:
             if op_name in FX_FLOAT_OPS:
                 _float_op_then_qdq(gm, node, FX_FLOAT_OPS[op_name], add_qdq)
                 continue
-            if op_name not in _FX_FUNCTIONAL:
+            if op_name in ("mul", "mul_scalar") and _scalar_form(node):
+                # x·c with a Python number c: torch keeps x's integers and takes scale |c|·s (flipped
+                # for c < 0), so the float product of the dequantized x is already on that grid
+                node.target, node.kwargs = operator.mul, {}
+                continue
+            if op_name not in _FX_FUNCTIONAL or _scalar_form(node):
                 raise QtkError(
                     f"quantized op quantized::{op_name} has no ONNX reference yet; keep it in float"
                 )

@@ -212,6 +212,13 @@ _ADAPTIVE_AVG_POOLS = frozenset(
 )  # fmt: skip
 
 
+def _float_prelu(m: nnq.PReLU) -> nn.PReLU:
+    """nn.PReLU with torch's quantized slopes, dequantized (the slope grid is part of the INT8 model)."""
+    prelu = nn.PReLU(m.num_parameters)
+    prelu.weight = nn.Parameter(m.weight.dequantize(), requires_grad=False)
+    return prelu
+
+
 def _quantize_stub(m: nnq.Quantize) -> nn.Module:
     return FixedQDQ(float(m.scale), int(m.zero_point), m.dtype)
 
@@ -234,6 +241,7 @@ _MODULE_BUILDERS: dict[type, Callable[[nn.Module], nn.Module]] = {
     nnq.ReLU6: lambda m: nn.ReLU6(),
     nnq.Hardswish: lambda m: _ThenQDQ(nn.Hardswish(), m.scale, m.zero_point),
     nnq.ELU: lambda m: _ThenQDQ(nn.ELU(m.alpha), m.scale, m.zero_point),
+    nnq.PReLU: lambda m: _ThenQDQ(_float_prelu(m), m.scale, m.zero_point),
     nnq.LeakyReLU: lambda m: _ThenQDQ(nn.LeakyReLU(m.negative_slope), m.scale, m.zero_point),
     nnq.Sigmoid: lambda m: _ThenQDQ(nn.Sigmoid(), m.output_scale, m.output_zero_point),
     nn.AdaptiveAvgPool1d: _global_mean,

@@ -7,7 +7,12 @@
    was already rounded per tensor), and ReLU is not fused. This pass rewrites every
    ``conv{1,2,3}d``/``linear`` call on a module's own parameters into a call of a standard leaf
    module holding the same parameters, so torch.ao's Conv-BN(-ReLU) fusion and BN folding apply.
-2. ``clamp_aware_observers``: an activation observer whose only consumer is a clamp (ReLU6,
+2. ``float_prelus``: torch.ao's quantized PReLU (fbgemm, torch 2.14) returns wrong values for
+   positive inputs when the input and output grids differ (measured: 1.16 off a float output
+   that the Q/DQ reference matches within 0.08), and with a None qconfig its lowering crashes. Each
+   ``nn.PReLU`` is re-classed to :class:`FloatPReLU`, which FX traces into ``F.prelu``: torch.ao
+   leaves it float between DQ and Q, and the export matches torch.
+3. ``clamp_aware_observers``: an activation observer whose only consumer is a clamp (ReLU6,
    Hardtanh, ReLU, clamp) observes clamp(x, lo, hi) instead of x. The producer's INT8 output then
    spans only what survives the clamp, which equals fusing the clamp into the producer's requantize
    (saturation does the clamping); unclamped, a ReLU6 after a conv whose raw output spans [-40, 30]
@@ -81,6 +86,23 @@ def _param_of(gm: fx.GraphModule, node: object) -> tuple[str, nn.Parameter] | No
     owner_path, _, attr = str(node.target).rpartition(".")
     value = getattr(gm.get_submodule(owner_path), attr, None)
     return (owner_path, value) if isinstance(value, nn.Parameter) else None
+
+
+class FloatPReLU(nn.PReLU):
+    """``nn.PReLU`` that FX traces through (not a torch.nn leaf), so it stays a float ``F.prelu``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.prelu(x, self.weight)
+
+
+def float_prelus(model: nn.Module) -> list[str]:
+    """Re-class (in place) every ``nn.PReLU`` of ``model`` to :class:`FloatPReLU`; their names."""
+    done = []
+    for name, module in model.named_modules():
+        if type(module) is nn.PReLU:
+            module.__class__ = FloatPReLU
+            done.append(name)
+    return done
 
 
 def canonicalize_for_fx(model: nn.Module) -> tuple[fx.GraphModule, list[str]]:

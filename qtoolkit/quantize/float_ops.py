@@ -22,7 +22,7 @@ from torch import fx, nn
 # Quantized module types whose ONNX reference is a float op followed by Q/DQ.
 FLOAT_IN_ONNX_MODULES: tuple[type, ...] = (
     nnq.LayerNorm, nnq.GroupNorm, nnq.InstanceNorm1d, nnq.InstanceNorm2d, nnq.InstanceNorm3d,
-    nnq.BatchNorm2d, nnq.BatchNorm3d, nniq.BNReLU2d, nniq.BNReLU3d, nnq.Softmax,
+    nnq.BatchNorm2d, nnq.BatchNorm3d, nniq.BNReLU2d, nniq.BNReLU3d, nnq.Softmax, nnq.PReLU,
 )  # fmt: skip
 # torch.ops.quantized ops (FX graphs) with the same fate.
 FLOAT_IN_ONNX_OPS = frozenset(

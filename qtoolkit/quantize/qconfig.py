@@ -81,3 +81,9 @@ def build_qconfig(spec: ObserverSpec) -> tq.QConfig:
     qmin, qmax = weight_grid(spec.weight_bits, spec.narrow_range)
     weight = observer.with_args(dtype=torch.qint8, qscheme=qscheme, quant_min=qmin, quant_max=qmax)
     return tq.QConfig(activation=activation, weight=weight)
+
+
+def prelu_qconfig(qconfig: tq.QConfig) -> tq.QConfig:
+    """``qconfig`` with the per-tensor quint8 slope observer torch.ao's quantized PReLU requires."""
+    slope = tq.MinMaxObserver.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+    return tq.QConfig(activation=qconfig.activation, weight=slope)

@@ -36,6 +36,7 @@ from qtoolkit.quantize.base import MODES, QuantConfig, check_choice, set_backend
 from qtoolkit.quantize.canonical import (
     canonicalize_for_fx,
     clamp_aware_observers,
+    float_prelus,
     requantize_pools,
     run_grid_ops_on_int8,
     unshare_pool_observers,
@@ -43,7 +44,7 @@ from qtoolkit.quantize.canonical import (
 from qtoolkit.quantize.float_ops import float_in_onnx
 from qtoolkit.quantize.int8_rules import apply_int8_rules, modules_on_int8
 from qtoolkit.quantize.kernel_check import verify_int8_kernels
-from qtoolkit.quantize.qconfig import ObserverSpec, build_qconfig
+from qtoolkit.quantize.qconfig import ObserverSpec, build_qconfig, prelu_qconfig
 from qtoolkit.quantize.traceability import fx_error_message
 from qtoolkit.quantize.transformer_layers import make_transformers_traceable
 
@@ -57,9 +58,11 @@ _NEUTRAL_FLOAT_MODULES = (
 _COMPUTE_MODULES = (
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.GELU,
     nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softmax, nn.LSTM, nn.Embedding,
+    nn.PReLU, nn.Mish, nn.Softplus, nn.ELU,
 )  # fmt: skip
-# Quantized modules our ONNX reference cannot rebuild yet: keep their float originals.
-_NOT_EXPORTABLE = (nn.Embedding, nn.EmbeddingBag)
+# Quantized modules our ONNX reference cannot rebuild yet: keep their float originals. (torch.ao's
+# ConvTranspose also rejects per-channel weight observers: prepare would raise.)
+_NOT_EXPORTABLE = (nn.Embedding, nn.EmbeddingBag, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,8 @@ def _prepare_eager(model: nn.Module, qconfig: tq.QConfig, skip: tuple[str, ...])
     model.fuse_model(is_qat=False)
     model.qconfig = qconfig
     for name, module in model.named_modules():
+        if isinstance(module, nn.PReLU):
+            module.qconfig = prelu_qconfig(qconfig)
         if any(name == s or name.startswith(f"{s}.") for s in skip):
             module.qconfig = None
     return tq.prepare(model, inplace=True)
@@ -167,7 +172,8 @@ def _prepare_fx(
 
     skip = config.skip_modules
 
-    mapping = tq.QConfigMapping().set_global(qconfig)
+    # canonicalize makes PReLU float (canonical.float_prelus); without it, torch's own PReLU
+    mapping = tq.QConfigMapping().set_global(qconfig).set_object_type(nn.PReLU, prelu_qconfig(qconfig))
     kept, original = [], model
     for name, module in model.named_modules():
         if name and (name in skip or isinstance(module, _NOT_EXPORTABLE)):
@@ -177,6 +183,7 @@ def _prepare_fx(
     try:
         if config.canonicalize:
             rules["traceable_transformers"] = make_transformers_traceable(model)
+            rules["float_prelu"] = float_prelus(model)
             attention = rewrite_attention(model, example)
             rules["attention"] = list(attention)
             rules["float_softmax"] = [name for name, m in attention.items() if m.float_softmax]
@@ -265,7 +272,9 @@ def quantize_static(
     verify_int8_kernels(int8_model.eval(), first[:4], config.backend)  # refuses broken engines
     on_int8 = modules_on_int8(int8_model)  # e.g. nn.Sigmoid applied to a quantized tensor
     leftovers = sorted(
-        set(kept) | {m for m in _float_leftovers(int8_model) if m.split(" ")[0] not in on_int8}
+        set(kept)
+        | {m for m in _float_leftovers(int8_model) if m.split(" ")[0] not in on_int8}
+        | {f"{name} (PReLU)" for name in rules.get("float_prelu", [])}
     )
     float_ops = float_in_onnx(int8_model, rules.get("float_softmax", []))
     if leftovers or float_ops:

@@ -61,3 +61,13 @@ def test_reader_protocol_accepts_tuples_and_rewinds():
     reader = IterableReader([(torch.ones(1), 0), (torch.zeros(1), 1)])
     assert [b.item() for b in checked_batches(reader)] == [1.0, 0.0]
     assert [b.item() for b in checked_batches(reader)] == [1.0, 0.0]
+
+
+def test_static_ptq_with_several_inputs_is_one_clear_line() -> None:
+    import qtoolkit as qtk
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2)).eval()
+    pair = (torch.randn(2, 4), torch.randn(2, 4))
+    with pytest.raises(qtk.QtkError, match="static PTQ takes models with one tensor input") as caught:
+        qtk.quantize_model(model, qtk.StaticQuantConfig(), calibration=[pair], example_input=pair)
+    assert "\n" not in str(caught.value) and "example_input is a tuple" in str(caught.value)

@@ -236,6 +236,11 @@ def quantize_static(
 
     ``keep_observed`` also returns the calibrated float model (observers in place) for diagnostics.
     """
+    if not isinstance(example_input, torch.Tensor):
+        raise QtkError(
+            f"example_input is a {type(example_input).__name__}: static PTQ takes models with one tensor input; "
+            "wrap the model so forward takes one tensor, or use DynamicQuantConfig (Linear/LSTM/GRU)"
+        )
     set_backend(config.backend)
     qconfig = build_qconfig(config.observers)
     mode = resolve_mode(model, config.mode)

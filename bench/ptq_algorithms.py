@@ -8,6 +8,7 @@ Variants are recipe overrides (``--set`` syntax) by name; ``--variants`` picks s
 
     python bench/ptq_algorithms.py --out runs/ptq_algorithms                     # 8-bit variants
     python bench/ptq_algorithms.py --variants w4_nearest w4_adaround w8 --out runs/ptq_w4  # W4A8
+    python bench/ptq_algorithms.py --variants w8 w4_nearest w4_mse w4_mse_adaround --out runs/ptq_w4_mse
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ VARIANTS: dict[str, list[str]] = {
     "w4_nearest": ["quantize.weight_bits=4"],
     "w4_bc": ["quantize.weight_bits=4", "quantize.bias_correction=true"],
     "w4_adaround": ["quantize.weight_bits=4", ADAROUND],
+    # 4-bit weights on per-channel MSE ranges (quantize/observers.py), then learned rounding on them
+    "w4_mse": ["quantize.weight_bits=4", "quantize.weight_observer=mse_per_channel"],
+    "w4_mse_adaround": ["quantize.weight_bits=4", "quantize.weight_observer=mse_per_channel", ADAROUND],
 }
 # Every variant starts from the same plain PTQ (min-max ranges, no algorithm), whatever the recipe's
 # own choices are, so a variant's name says everything it runs.

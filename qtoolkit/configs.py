@@ -31,6 +31,7 @@ from qtoolkit.quantize import (
     StaticQuantConfig,
     get_method,
 )
+from qtoolkit.quantize.qconfig import PER_CHANNEL_SCHEMES
 from qtoolkit.recipe import Recipe
 from qtoolkit.tasks.base import PreparedTask
 from qtoolkit.train import TrainConfig
@@ -86,7 +87,7 @@ def dynamic_config(recipe: Recipe) -> DynamicQuantConfig:
     with _in_recipe(recipe):
         return DynamicQuantConfig(
             backend=section.backend,
-            per_channel=section.weight_observer == "per_channel",
+            per_channel=section.weight_observer in PER_CHANNEL_SCHEMES,
             reduce_range=bool(section.reduce_range),  # None -> 8-bit activations, as onnxruntime
             embeddings=section.embeddings,
             exclude=tuple(section.skip_modules),
@@ -99,7 +100,7 @@ def qat_config(recipe: Recipe) -> QATConfig:
         return QATConfig(
             backend=section.backend,
             weight_bits=section.weight_bits,
-            per_channel=section.weight_observer == "per_channel",
+            per_channel=section.weight_observer in PER_CHANNEL_SCHEMES,
             reduce_range=section.reduce_range,
             freeze_observers_epoch=qat.freeze_observers_after_epoch,
             freeze_bn_epoch=qat.freeze_bn_after_epoch,

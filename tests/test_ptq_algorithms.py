@@ -74,6 +74,24 @@ def test_mse_range_beats_minmax_on_heavy_tails():
     assert mse < 0.9 * minmax and mse < histogram
 
 
+def test_mse_weight_ranges_clip_heavy_tailed_4_bit_channels():
+    # 16 channels of Laplace weights: at 4 bits min-max spends the 16 levels on each channel's
+    # extremes; the MSE search clips them, channel by channel, on the same symmetric grid
+    weight = torch.distributions.Laplace(0.0, 0.05).sample((16, 288))
+    errors, scales = {}, {}
+    for scheme in ("per_channel", "mse_per_channel"):
+        observer = build_qconfig(ObserverSpec(weight=scheme, weight_bits=4)).weight()
+        observer(weight)
+        scale, zero_point = observer.calculate_qparams()
+        q = torch.fake_quantize_per_channel_affine(
+            weight, scale.float(), zero_point.int(), 0, observer.quant_min, observer.quant_max
+        )
+        errors[scheme], scales[scheme] = ((q - weight) ** 2).sum(1), scale
+    assert (errors["mse_per_channel"] <= errors["per_channel"] * 1.0001).all()  # never worse, per channel
+    assert errors["mse_per_channel"].sum() < 0.8 * errors["per_channel"].sum()
+    assert (scales["mse_per_channel"] < 0.9 * scales["per_channel"]).all()  # every channel clipped
+
+
 @pytest.mark.parametrize("name", ["percentile", "mse"])
 def test_exported_qdq_carries_the_observer_qparams(tmp_path, name):
     batches = calibration_batches()

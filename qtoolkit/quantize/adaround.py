@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from qtoolkit.errors import QtkError
 from qtoolkit.quantize.algorithms import PassContext, register_pass
+from qtoolkit.quantize.qconfig import PER_CHANNEL_SCHEMES
 
 _ZETA, _GAMMA = 1.1, -0.1
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
@@ -150,8 +151,10 @@ def _following_activation(gm: fx.GraphModule, name: str) -> nn.Module | None:
 def adaround(gm: fx.GraphModule, context: PassContext, config: object) -> list[str]:
     """Learn the rounding of every (not skipped) conv/linear layer of ``gm``, in graph order."""
     settings: AdaRoundConfig = config.adaround  # type: ignore[attr-defined]
-    if getattr(config.observers, "weight", "per_channel") != "per_channel":  # type: ignore[attr-defined]
-        raise QtkError("adaround needs per-channel weights (quantize.weight_observer: per_channel)")
+    if getattr(config.observers, "weight", "per_channel") not in PER_CHANNEL_SCHEMES:  # type: ignore[attr-defined]
+        raise QtkError(
+            "adaround needs per-channel weights (quantize.weight_observer: per_channel or mse_per_channel)"
+        )
     images, batches = 0, []
     for batch in context.batches:
         batches.append(batch[: settings.samples - images])

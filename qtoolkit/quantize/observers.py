@@ -16,12 +16,21 @@ with 0 always inside the range), so torch.ao's convert and the QDQ export carry 
   lo = α · min, hi = β · max with α, β ∈ {k / steps}, searched jointly (coarse steps).
 
 Zero is kept in the range (lo ≤ 0 ≤ hi), as the affine quint8 grid needs an exact zero.
+
+For weights, ``MSEPerChannelWeightObserver`` (a ``PerChannelMinMaxObserver``) clips each output
+channel c of a symmetric grid to α_c · max|W_c|, with
+
+    α_c = argmin_α Σ_i (W_ci − s · clamp(round(W_ci / s), q_min, q_max))²,   s = α · max|W_c| / ((q_max − q_min) / 2)
+
+over α ∈ {α_min, α_min + 1/steps, …, 1} (torch's symmetric scale formula, so convert reproduces the
+grid searched). At 8 bits α ≈ 1; at 4 bits a channel with a few large weights trades them for finer
+steps everywhere else (the classic MSE range setting of 4-bit PTQ; AdaRound then rounds on that grid).
 """
 
 from __future__ import annotations
 
 import torch
-from torch.ao.quantization.observer import HistogramObserver
+from torch.ao.quantization.observer import HistogramObserver, PerChannelMinMaxObserver
 
 
 def _edges(observer: HistogramObserver) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,3 +101,36 @@ class MSEObserver(HistogramObserver):
             torch.tensor(grid_lo[best].item(), dtype=dtype),
             torch.tensor(grid_hi[best].item(), dtype=dtype),
         )
+
+
+class MSEPerChannelWeightObserver(PerChannelMinMaxObserver):
+    """Per output channel, the symmetric clipping ratio with the least squared weight error (docstring)."""
+
+    def __init__(self, steps: int = 50, min_ratio: float = 0.3, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.steps, self.min_ratio = steps, min_ratio
+
+    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        if x_orig.numel() == 0:
+            return x_orig
+        super().forward(x_orig)  # running per-channel min/max (weights are observed once)
+        weight = x_orig.detach().float().transpose(0, self.ch_axis).reshape(x_orig.shape[self.ch_axis], -1)
+        amax = torch.maximum(-self.min_val, self.max_val).clamp_min(1e-12)
+        half_levels = (self.quant_max - self.quant_min) / 2
+        best_error = torch.full_like(amax, float("inf"))
+        best_ratio = torch.ones_like(amax)
+        for k in range(self.steps + 1):
+            ratio = self.min_ratio + (1.0 - self.min_ratio) * k / self.steps
+            scale = (ratio * amax / half_levels).unsqueeze(1)
+            error = (
+                (weight - scale * torch.clamp(torch.round(weight / scale), self.quant_min, self.quant_max))
+                ** 2
+            ).sum(1)
+            better = error < best_error
+            best_error, best_ratio = (
+                torch.where(better, error, best_error),
+                torch.where(better, ratio, best_ratio),
+            )
+        self.min_val.copy_(-best_ratio * amax)
+        self.max_val.copy_(best_ratio * amax)
+        return x_orig

@@ -27,7 +27,7 @@ from qtoolkit.quantize.base import (  # noqa: F401  (BACKENDS, set_backend, weig
     weight_grid,
     weight_range,
 )
-from qtoolkit.quantize.observers import MSEObserver, PercentileObserver
+from qtoolkit.quantize.observers import MSEObserver, MSEPerChannelWeightObserver, PercentileObserver
 
 ACTIVATION_OBSERVERS = {
     "minmax": tq.MinMaxObserver,
@@ -39,7 +39,10 @@ ACTIVATION_OBSERVERS = {
 WEIGHT_SCHEMES = {
     "per_channel": (tq.PerChannelMinMaxObserver, torch.per_channel_symmetric),
     "per_tensor": (tq.MinMaxObserver, torch.per_tensor_symmetric),
+    # per channel, clipped to the range with the least squared weight error (4-bit weights)
+    "mse_per_channel": (MSEPerChannelWeightObserver, torch.per_channel_symmetric),
 }
+PER_CHANNEL_SCHEMES = frozenset({"per_channel", "mse_per_channel"})
 
 
 @dataclass(frozen=True)

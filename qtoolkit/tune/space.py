@@ -59,6 +59,10 @@ def _weight_schemes() -> list[str]:
     return list(WEIGHT_SCHEMES)
 
 
+def _dynamic_weight_schemes() -> list[str]:
+    return ["per_channel", "per_tensor"]  # torch's dynamic qconfigs: min/max weight ranges only
+
+
 def _on_off() -> tuple[bool, bool]:
     return (False, True)
 
@@ -90,7 +94,7 @@ AXES: dict[str, list[Axis]] = {
         Axis("adaround", _on_off, lambda value: value is not None, _below_8_bits, _adaround),
     ],
     "dynamic": [
-        Axis("weight_observer", _weight_schemes),  # per_channel -> one scale per output row
+        Axis("weight_observer", _dynamic_weight_schemes),  # per_channel -> one scale per output row
         Axis("reduce_range", lambda: (False, True), bool),  # 8- or 7-bit activations (None: 8)
         Axis("embeddings", lambda: (True, False)),  # uint8 embedding rows, or float tables
     ],

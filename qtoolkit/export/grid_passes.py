@@ -95,7 +95,7 @@ def select_on_integers(model: ir.Model) -> int:
     matters where the Q after the select has other qparams than the DQ before it (so onnxruntime
     cannot drop the pair): attention's q, k, v are picked out of one in-projection tensor and each
     requantized onto its own grid. Before, every pick dequantized the whole 3×E tensor (onnxruntime
-    duplicates a DQ per reader: vit_b_16 36 DQs of 3×E per image); after, it gathers the int8 tensor
+    duplicates a DQ per reader: vit_b_16 36 DQs of 3×E per run); after, it gathers the int8 tensor
     and dequantizes only its E.
     """
     graph, count = model.graph, 0

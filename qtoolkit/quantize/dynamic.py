@@ -162,9 +162,8 @@ def _float_attention(
 ) -> tuple[str, ...]:
     """``name.`` prefixes of every MultiheadAttention left in ``qmodel``; warns about those in use."""
     prefixes = tuple(f"{n}." for n, m in qmodel.named_modules() if isinstance(m, nn.MultiheadAttention))
-    in_use = [
-        p[:-1] for p in prefixes if p.removesuffix(".original.") not in rewritten
-    ]  # not the kept originals
+    # a rewritten module keeps its original as ``.original`` (never called): not in use
+    in_use = [p[:-1] for p in prefixes if p.removesuffix(".original.") not in rewritten]
     if in_use:
         hint = "" if had_example else "; pass example_input= to quantize its projections"
         warnings.warn(

@@ -107,7 +107,9 @@ def test_space_reads_the_registries_and_starts_with_the_recipe(monkeypatch):
     changes = [sum(s[k] != settings[0][k] for k in s) for s in settings]
     assert changes == sorted(changes)  # one change at a time before pairs
     dynamic = candidate_settings(QuantizeSection(method="dynamic", reduce_range=None))
-    assert dynamic[0]["reduce_range"] is False and len(dynamic) == len(qconfig.WEIGHT_SCHEMES) * 2 * 2
+    # dynamic PTQ: torch's min/max weight ranges only (per channel or per tensor), not mse_per_channel
+    assert dynamic[0]["reduce_range"] is False and len(dynamic) == 2 * 2 * 2
+    assert {s["weight_observer"] for s in dynamic} == {"per_channel", "per_tensor"}
     with pytest.raises(QtkError, match="qat"):
         candidate_settings(QuantizeSection(method="qat"))
 

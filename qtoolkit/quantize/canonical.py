@@ -95,14 +95,21 @@ class FloatPReLU(nn.PReLU):
         return F.prelu(x, self.weight)
 
 
-def float_prelus(model: nn.Module) -> list[str]:
-    """Re-class (in place) every ``nn.PReLU`` of ``model`` to :class:`FloatPReLU`; their names."""
+def reclass_modules(model: nn.Module, classes: dict[type[nn.Module], type[nn.Module]]) -> list[str]:
+    """Re-class (in place) every module whose exact type is a key of ``classes`` to its value, a
+    subclass adding no state (only ``forward`` differs); the names re-classed."""
     done = []
     for name, module in model.named_modules():
-        if type(module) is nn.PReLU:
-            module.__class__ = FloatPReLU
-            done.append(name)
+        subclass = classes.get(type(module))
+        if subclass is not None:
+            module.__class__ = subclass
+            done.append(name or type(module).__name__)
     return done
+
+
+def float_prelus(model: nn.Module) -> list[str]:
+    """Re-class (in place) every ``nn.PReLU`` of ``model`` to :class:`FloatPReLU`; their names."""
+    return reclass_modules(model, {nn.PReLU: FloatPReLU})
 
 
 def canonicalize_for_fx(model: nn.Module) -> tuple[fx.GraphModule, list[str]]:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from qtoolkit.quantize.canonical import reclass_modules
+
 
 class TraceableEncoderLayer(nn.TransformerEncoderLayer):
     """``nn.TransformerEncoderLayer`` without its fast path (post- or pre-norm, as configured)."""
@@ -132,10 +134,4 @@ TRACEABLE_TRANSFORMERS: dict[type[nn.Module], type[nn.Module]] = {
 
 def make_transformers_traceable(model: nn.Module) -> list[str]:
     """Re-class (in place) every torch.nn Transformer encoder/decoder (layer) in ``model``: their names."""
-    done = []
-    for name, module in model.named_modules():
-        traceable = TRACEABLE_TRANSFORMERS.get(type(module))
-        if traceable is not None:
-            module.__class__ = traceable
-            done.append(name or type(module).__name__)
-    return done
+    return reclass_modules(model, TRACEABLE_TRANSFORMERS)

@@ -1,13 +1,13 @@
 """One export pass on and off, timed beside onnxruntime's quantizer on the same FP32 model.
 
-    python bench/export_pass_ab.py convnext_tiny --pass linear_to_gemm       # opt-in Linear -> QGemm
+    python bench/export_pass_ab.py vit_b_16 --pass linear_to_gemm            # Linear -> QGemm
     python bench/export_pass_ab.py vit_b_16 --pass select_on_integers        # q, k, v picked in int8
 
 Quantizes one torchvision model once (random init, BN warmed), exports its INT8 model twice, with the
 pass on ("on") and off ("off"), beside onnxruntime's ``quantize_static`` of the same FP32 model
-("ort"), and prints the latency of each at batch 1 and 8 (2 threads, 5 interleaved rounds) with the
-paired median ratios on/ort, off/ort and on/off. ``linear_to_gemm`` decided the default of
-``qdq_passes.LINEAR_TO_GEMM`` (off); ``select_on_integers`` is on by default.
+("ort"), and prints the latency of each at batch 1 and 8 (2 threads, ``--rounds`` interleaved) with the
+paired median ratios on/ort, off/ort and on/off. Both passes are on by default
+(``qdq_passes.LINEAR_TO_GEMM``, ``grid_passes.select_on_integers``).
 """
 
 import argparse
@@ -50,6 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", default="convnext_tiny", help="torchvision model name")
     parser.add_argument("--pass", dest="pass_name", choices=sorted(PASSES), default="linear_to_gemm")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per batch size (default 7)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     out = Path(tempfile.mkdtemp())
@@ -64,7 +65,7 @@ def main() -> None:
     for variant, on in (("on", True), ("off", False)):
         toggle(on)
         qtk.export_int8_onnx(quantized, example, out / f"{variant}.onnx")
-    toggle(args.pass_name != "linear_to_gemm")  # back to the default
+    toggle(True)  # back to the default: both passes are on
     qtk.export_onnx(model, example, out / "fp32.onnx")
     ort_quantize_static(out / "fp32.onnx", out / "ort.onnx", [b.numpy() for b in calibration], "input")
     for batch in (1, 8):
@@ -74,7 +75,7 @@ def main() -> None:
             session = make_session(out / f"{variant}.onnx", 2)
             name = session.get_inputs()[0].name
             calls[variant] = lambda s=session, n=name, f=feed: s.run(None, {n: f})
-        rounds = interleaved_latency(calls, rounds=5, warmup=2, repeats=10 if batch == 1 else 5)
+        rounds = interleaved_latency(calls, rounds=args.rounds, warmup=2, repeats=10 if batch == 1 else 5)
         ratios = {
             f"{a}/{b}": {k: round(v, 3) for k, v in paired_ratio(rounds, a, b).items()}
             for a, b in (("on", "ort"), ("off", "ort"), ("on", "off"))

@@ -60,6 +60,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         setting_trials=args.setting_trials,
         ranking=args.ranking,
         rank_batches=args.rank_batches,
+        margin_pp=args.margin,
     )
     print(summary(report))
     print(f"tuned recipe, final/ artifacts and report.json in {args.out}")
@@ -209,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument(
         "--tolerance", type=float, required=True, metavar="PP",
         help="allowed validation accuracy drop of INT8 ONNX vs FP32 torch, in percentage points",
+    )  # fmt: skip
+    tune.add_argument(
+        "--margin", type=float, default=0.0, metavar="PP",
+        help="judge trials at a drop of at most tolerance - PP on validation, to allow for its sampling "
+        "noise (default 0)",
     )  # fmt: skip
     tune.add_argument("--max-trials", type=int, default=20, help="at most this many trials (default 20)")
     tune.add_argument(

@@ -144,7 +144,7 @@ def test_relu_and_linear_rewrites_keep_the_numbers(tmp_path, monkeypatch):
     (ORT optimizations off), the rewritten file equals the file without them."""
     from qtoolkit.export import linear_passes, qdq_passes
 
-    monkeypatch.setattr(qdq_passes, "LINEAR_TO_GEMM", True)  # opt-in: slower on onnxruntime
+    monkeypatch.setattr(qdq_passes, "LINEAR_TO_GEMM", True)  # the default; a switch for A/B runs
     int8 = _static(_StemAndChannelsLastMLP())
     changes = export_int8_onnx(int8, torch.randn(1, 3, 16, 16), tmp_path / "rewritten.onnx")
     assert changes["relu_on_integers"] == 1 and changes["linear_to_gemm"] == 1

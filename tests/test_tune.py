@@ -235,15 +235,19 @@ def test_bias_correction_trial_meets_what_plain_misses_and_qtk_run_reproduces(tm
     assert report["test"]["gain_vs_plain_pp"] > 0
 
 
-@pytest.mark.slow  # two trials and the final qtk run: ~20-30 s
-def test_no_trial_meets_the_tolerance_exports_the_best_and_exits_1(tmp_path, capsys):
+@pytest.mark.slow  # two trials and the final qtk run: ~20-30 s each
+@pytest.mark.parametrize("goal", [["--tolerance", "0"], ["--tolerance", "100", "--margin", "100"]])
+def test_no_trial_meets_the_tolerance_exports_the_best_and_exits_1(tmp_path, capsys, goal):
+    # 2-bit weights drop well above 0 pp; a 100 pp tolerance less a 100 pp margin is the same goal
     recipe = _recipe(tmp_path, weight_bits=2)
     out = tmp_path / "out"
-    code = main(["tune", str(recipe), "--tolerance", "0", "--max-trials", "2", "--out", str(out)])
+    code = main(["tune", str(recipe), *goal, "--max-trials", "2", "--out", str(out)])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("qtk")]
     report = json.loads((out / "report.json").read_text())
     assert code == 1 and not report["met"]
-    assert len(err) == 1 and err[0].startswith("qtk tune: no trial met the tolerance of 0 pp")
+    assert len(err) == 1 and err[0].startswith(f"qtk tune: no trial met the tolerance of {goal[1]} pp")
+    assert report["margin_pp"] == (100.0 if "--margin" in goal else 0.0)
+    assert all(t["drop_pp"] > 0 for t in report["trials"])
     assert len(report["trials"]) == 2 and report["budget"]["stopped"].startswith("trial budget")
     best = max(report["trials"], key=lambda t: t["val_accuracy"])
     assert report["winner"]["trial"] == best["index"]
@@ -251,9 +255,10 @@ def test_no_trial_meets_the_tolerance_exports_the_best_and_exits_1(tmp_path, cap
     assert not list(out.glob(".qtk-staging-*"))
 
 
-def test_bad_tolerance_is_one_line(tmp_path, capsys):
-    code = main(["tune", str(_recipe(tmp_path)), "--tolerance", "-1", "--out", str(tmp_path / "o")])
-    assert code == 2 and "--tolerance" in capsys.readouterr().err
+@pytest.mark.parametrize("goal", [["--tolerance", "-1"], ["--tolerance", "1", "--margin", "-0.5"]])
+def test_bad_tolerance_is_one_line(tmp_path, capsys, goal):
+    code = main(["tune", str(_recipe(tmp_path)), *goal, "--out", str(tmp_path / "o")])
+    assert code == 2 and goal[-2] in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

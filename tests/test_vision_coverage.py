@@ -8,16 +8,19 @@ integer kernels, LayerNorm / BatchNorm-after-concat float between DequantizeLine
 from __future__ import annotations
 
 import copy
+import operator
 from collections import Counter
 
+import numpy as np
 import onnx
 import pytest
 import torch
 from torch import nn
 
 import qtoolkit as qtk
+from qtoolkit.evaluate.noise_floor import ort_fusion_floor
 from qtoolkit.evaluate.parity import SIMULATION, TORCH_INT8
-from qtoolkit.export import to_reference
+from qtoolkit.export import grid_passes, to_reference
 from qtoolkit.quantize.attention import rewrite_attention
 from qtoolkit.runtime.ort import make_session
 
@@ -112,7 +115,12 @@ def _float_between_qdq(path, op_type: str) -> int:
 def _parity(quantized: qtk.QuantizedModel, path) -> dict:
     parity = qtk.check_parity(quantized.int8_model, path, _batches(4, seed=2))
     assert parity["samples"] == 32
-    assert parity["agreement"] >= 0.96, parity  # 32 random inputs of a random net: near-tied logits
+    # 32 random inputs of a random net: near-tied logits. onnxruntime's fused integer kernels round a
+    # few values 1 LSB off the QDQ graph as written (the kernel floor: the same file unfused vs fused)
+    # and the flips that causes are not the export's; the export itself is held to the floor
+    floor = ort_fusion_floor(path, _batches(4, seed=2))
+    assert parity["agreement"] >= min(0.96, floor["agreement"] - 1 / 32), (parity, floor)
+    assert floor["agreement"] >= 0.9, floor
     return parity
 
 
@@ -133,9 +141,9 @@ def test_vit_attention_and_linear_run_in_integer(tmp_path) -> None:
     assert ops["MatMul"] == 0 and ops["Gemm"] == 0
     assert ops["QLinearMatMul"] + ops["MatMulIntegerToFloat"] + ops["QGemm"] == 2 * 2 + 2 * 4 + 1
     assert ops["QLinearMatMul"] >= 4  # the attention MatMuls: both inputs and the output quantized
-    # Linear layers on [batch, tokens, C]: MatMulIntegerToFloat + float bias Add each (faster on
-    # onnxruntime than the opt-in QGemm rewrite, qdq_passes.LINEAR_TO_GEMM); the head is one QGemm
-    assert ops["QGemm"] == 1 and ops["MatMulIntegerToFloat"] == 2 * 4 and ops["Add"] == 2 * 4
+    # Linear layers on [batch, tokens, C]: one QGemm each with its int32 bias (qdq_passes.LINEAR_TO_GEMM;
+    # no float bias Add), and the head
+    assert ops["QGemm"] == 2 * 4 + 1 and ops.get("MatMulIntegerToFloat", 0) == 0 and ops.get("Add", 0) == 0
     assert ops["LayerNormalization"] == 5 == _float_between_qdq(path, "LayerNormalization")
     assert parity["reference"]["MatMul"] == TORCH_INT8
     assert parity["reference"]["LayerNormalization"] == TORCH_INT8
@@ -149,6 +157,25 @@ def test_vit_attention_and_linear_run_in_integer(tmp_path) -> None:
     assert _dequantized_reads(tmp_path / "optimized.onnx", "Gather") == 0
 
 
+def test_vit_q_k_v_share_the_in_projection_grid_and_scale_folds(tmp_path, monkeypatch) -> None:
+    quantized, _, ops = _export(_vit(), tmp_path)
+    graph = quantized.int8_model.graph
+    # q, k, v are picked out of the INT8 in-projection and stay on its grid (int8_rules.select_on_int8):
+    # no quantize reads a pick, and no dequantize feeds one
+    picks = [n for n in graph.nodes if n.op == "call_function" and n.target is operator.getitem]
+    assert not any(u.target is torch.quantize_per_tensor for p in picks for u in p.users)
+    assert sum(p.args[0].op == "call_method" and p.args[0].target == "dequantize" for p in picks) == 0
+    # 1/√d is applied in the softmax and folds into its DequantizeLinear: QLinearSoftmax per layer
+    assert ops["QLinearSoftmax"] == 2 and ops.get("Softmax", 0) == 0 and ops.get("Mul", 0) == 0
+    monkeypatch.setattr(grid_passes, "fold_scale_into_dequantize", lambda model: 0)
+    changes = qtk.export_int8_onnx(quantized.int8_model, _batches(1, seed=1)[0][:1], tmp_path / "plain.onnx")
+    assert changes["scales_folded_into_dequantize"] == 0
+    x = _batches(1, seed=3)[0].numpy()
+    runs = [make_session(tmp_path / n, optimization="disabled") for n in ("int8.onnx", "plain.onnx")]
+    folded, plain = (r.run(None, {r.get_inputs()[0].name: x})[0] for r in runs)
+    np.testing.assert_allclose(folded, plain, atol=1e-5)  # (x − zp)·s·c either way
+
+
 def test_swin_window_attention_runs_in_integer(tmp_path) -> None:
     quantized, path, ops = _export(_swin(), tmp_path)
     parity = _parity(quantized, path)
@@ -160,9 +187,9 @@ def test_swin_window_attention_runs_in_integer(tmp_path) -> None:
     # softmax(s + position bias [+ shift mask]) stays a float island in every window (OpenVINO cannot
     # compile the integer bias Add: attention.py)
     assert ops["Softmax"] == 4 and ops.get("QLinearSoftmax", 0) == 0
-    # Linear layers on windows/tokens: MatMulIntegerToFloat + bias Add each (LINEAR_TO_GEMM is off),
-    # plus the 4 softmax position biases
-    assert ops["QGemm"] == 1 and ops["MatMulIntegerToFloat"] == 4 * 4 and ops["Add"] == 4 * 4 + 4
+    # Linear layers on windows/tokens: one QGemm each (LINEAR_TO_GEMM), and the head; the only float
+    # Adds are the 4 softmax position biases
+    assert ops["QGemm"] == 4 * 4 + 1 and ops.get("MatMulIntegerToFloat", 0) == 0 and ops["Add"] == 4
     assert _float_between_qdq(path, "LayerNormalization") >= 9
     assert sum("softmax" in name for name in quantized.details["float_ops"]) == 4
     assert ops["QLinearAdd"] == 4 * 2  # both residual Adds of the 4 blocks
@@ -188,10 +215,10 @@ def test_convnext_layer_norm_stays_float(tmp_path) -> None:
     parity = _parity(quantized, path)
     assert ops["QLinearConv"] == sum(isinstance(m, nn.Conv2d) for m in _convnext().modules())
     assert ops["MatMul"] == 0 and ops["Gemm"] == 0 and ops["Conv"] == 0
-    # channels-last MLP Linear layers: MatMulIntegerToFloat + a float bias Add each (the opt-in QGemm
-    # rewrite, qdq_passes.LINEAR_TO_GEMM, is slower on onnxruntime); the head is one QGemm
+    # channels-last MLP Linear layers and the head: one QGemm each with its int32 bias
+    # (qdq_passes.LINEAR_TO_GEMM: no MatMulIntegerToFloat and float bias Add)
     linears = sum(isinstance(m, nn.Linear) for m in _convnext().modules())
-    assert ops["QGemm"] == 1 and ops["MatMulIntegerToFloat"] == linears - 1 and ops["Add"] == linears - 1
+    assert ops["QGemm"] == linears and ops.get("MatMulIntegerToFloat", 0) == 0 and ops.get("Add", 0) == 0
     norms = sum(isinstance(m, nn.LayerNorm) for m in _convnext().modules())
     assert ops["LayerNormalization"] == norms == _float_between_qdq(path, "LayerNormalization")
     assert parity["reference"]["LayerNormalization"] == TORCH_INT8

@@ -29,7 +29,9 @@ import onnx_ir as ir
 
 from qtoolkit.export.qdq_passes import (
     PASSTHROUGH_OPS,
+    _const,
     _dequantize_params,
+    _initializer,
     _unique,
     insert_reader,
     requantize_output,
@@ -120,6 +122,36 @@ def select_on_integers(model: ir.Model) -> int:
         dq.outputs[0].shape, dq.outputs[0].dtype = output.shape, scale.dtype
         insert_reader(graph, node, dq)
         count += 1
+    return count
+
+
+def fold_scale_into_dequantize(model: ir.Model) -> int:
+    """Fold ``DQ(x, s, zp) · c`` (c a positive constant scalar) into ``DQ(x, s·c, zp)``.
+
+    Exact: ``(x − zp)·s·c``. Attention scales its scores by 1/√d between the q·kᵀ MatMul and the
+    softmax (``quantize.attention``); with the Mul folded, onnxruntime sees ``DQ → Softmax → Q`` and
+    fuses QLinearSoftmax (or the Add of a position bias reads the DQ directly).
+    """
+    graph, count = model.graph, 0
+    for mul in list(graph):
+        if mul.op_type != "Mul" or mul.domain not in ("", "ai.onnx") or len(mul.inputs) != 2:
+            continue
+        for side in (0, 1):
+            data, factor = mul.inputs[side], _const(mul.inputs[1 - side])
+            grid = _grid_of(data)
+            if grid is None or factor is None or factor.ndim != 0 or not np.isfinite(factor) or factor <= 0:
+                continue
+            if len(list(data.consumers())) != 1 or data.is_graph_output() or mul.outputs[0].is_graph_output():
+                continue
+            dq, scale = grid[0], _const(grid[0].inputs[1])
+            folded = _initializer(
+                graph, _unique(graph, f"{dq.name}_scale_folded"), (scale * factor).astype(scale.dtype)
+            )
+            dq.replace_input_with(1, folded)
+            mul.outputs[0].replace_all_uses_with(data)
+            graph.remove(mul, safe=True)
+            count += 1
+            break
     return count
 
 

@@ -242,17 +242,18 @@ def requantize_passthrough(model: ir.Model) -> int:
     return count
 
 
-# Linear on ≥3-D activations as QGemm (linear_passes): fewer float ops, and faster on OpenVINO
-# (convnext_tiny b8 0.78x ORT-quantizer's file), but slower on onnxruntime's CPU kernels than
-# MatMulIntegerToFloat + float bias Add (convnext_tiny b8 1.15x vs 1.07x the peer, vit_b_16 1.20x vs
-# 1.16x: `python bench/export_pass_ab.py`), so off by default: onnxruntime is the default runtime.
-LINEAR_TO_GEMM = False
+# Linear on ≥3-D activations as QGemm (linear_passes): one integer kernel with a uint8 output instead of
+# MatMulIntegerToFloat's float output + float bias Add + QuantizeLinear (4x the bytes moved). Same speed
+# on a quiet machine, faster when memory is contended (onnxruntime vit_b_16 b1 qtk/ORT 1.05x vs 1.14x,
+# `python bench/export_pass_ab.py vit_b_16`), and faster on OpenVINO; off only for A/B runs.
+LINEAR_TO_GEMM = True
 
 
 def make_ort_friendly(model: ir.Model) -> dict[str, int]:
     """Run every pass; return how many places each one changed (recorded in the export log)."""
     from qtoolkit.export.grid_passes import (  # imports us
         drop_output_round_trip,
+        fold_scale_into_dequantize,
         requantize_grid_ops,
         select_on_integers,
     )
@@ -264,6 +265,7 @@ def make_ort_friendly(model: ir.Model) -> dict[str, int]:
         "requantized_passthrough": requantize_passthrough(model),
         "requantized_grid_ops": requantize_grid_ops(model),
         "selects_on_integers": select_on_integers(model),
+        "scales_folded_into_dequantize": fold_scale_into_dequantize(model),
         # after the grid passes: its input may be a reshape's
         "linear_to_gemm": linear_to_gemm(model) if LINEAR_TO_GEMM else 0,
         "relu_on_integers": relu_on_integers(model),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -50,6 +51,24 @@ def _reader(feeds: Iterable[Feed]) -> Any:
             return next(self.items, None)
 
     return Reader(feeds)
+
+
+class _DropPerChannelAxisWarnings(logging.Filter):
+    """onnxruntime's quantizer logs "Axis 1 is out-of-range for weight ..." (root logger) for every
+    rank-1 weight it tries per channel, LayerNorm scales: hundreds of identical lines per ViT."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is out-of-range for weight" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_axis_warnings() -> Iterator[None]:
+    root, drop = logging.getLogger(), _DropPerChannelAxisWarnings()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 @contextlib.contextmanager
@@ -106,7 +125,7 @@ def ort_quantize_static(
     prepared = out.with_name(f"{out.stem}_preprocessed.onnx")
     quant_pre_process(str(fp32_path), str(prepared))
     try:
-        with _chunked_calibrator():
+        with _chunked_calibrator(), _quiet_axis_warnings():
             quantize_static(
                 str(prepared),
                 str(out),

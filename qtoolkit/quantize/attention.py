@@ -5,13 +5,18 @@ window attention is an ``fx.wrap``-ed function called on its Linear layers' weig
 projections and the two activation x activation MatMuls stay float. Before tracing, each is
 replaced by an equivalent module built from the same parameters:
 
-    qkv = Linear(x)            (query rows of W, b pre-multiplied by d^-1/2: q·kᵀ/√d exactly)
+    qkv = Linear(x)            (one INT8 tensor; q, k, v are picked out of it on its grid)
     s   = q @ kᵀ               (quantized::matmul -> QLinearMatMul in ONNX Runtime)
-    p   = softmax(s + B)       (float island: additive relative-position bias / shift mask B)
+    p   = softmax(s/√d + B)    (float island: additive relative-position bias / shift mask B)
     o   = Linear(p @ v)        (quantized::matmul, then the output projection)
 
-Softmax (with its additive bias) is an ``fx.wrap`` leaf, so it stays float between DQ and Q: an
-8-bit grid over logits holding a -100 mask would leave the real logits a few levels. Swin modules
+Softmax (with its scale and additive bias) is an ``fx.wrap`` leaf, so it stays float between DQ and
+Q: an 8-bit grid over logits holding a -100 mask would leave the real logits a few levels. The
+1/√d is applied there, not folded into the query rows of W: q, k and v share the in-projection's
+grid (``int8_rules.select_on_int8``, as onnxruntime's quantizer keeps them), and a q scaled by
+1/√d = 1/8 would use 3 bits fewer of it than k and v. In ONNX the scale folds into the scores'
+DequantizeLinear (``qdq_passes.fold_scale_into_dequantize``), so ONNX Runtime still fuses
+``DQ -> Softmax -> Q`` into QLinearSoftmax. Swin modules
 are specialised to the feature-map size they see on the example input (window partition, shift
 mask and padding become constants); the batch size stays free.
 """
@@ -25,8 +30,12 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 
-def attention_softmax(scores: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(scores + bias) over the last axis, in float (an FX leaf: torch.ao leaves it unquantized)."""
+def attention_softmax(
+    scores: torch.Tensor, bias: torch.Tensor | None = None, scale: float = 1.0
+) -> torch.Tensor:
+    """softmax(scale · scores + bias) over the last axis, in float (an FX leaf: torch.ao leaves it
+    unquantized)."""
+    scores = scores * scale if scale != 1.0 else scores
     return F.softmax(scores if bias is None else scores + bias, dim=-1)
 
 
@@ -42,13 +51,6 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     return linear
 
 
-def _scaled_qkv(weight: torch.Tensor, bias: torch.Tensor | None, dim: int, scale: float) -> nn.Linear:
-    """Packed q/k/v projection with the query rows multiplied by ``scale``."""
-    factor = torch.ones(weight.shape[0], 1)
-    factor[:dim] = scale
-    return _linear(weight.detach() * factor, None if bias is None else bias.detach() * factor[:, 0])
-
-
 class QuantizableSelfAttention(nn.Module):
     """Drop-in for ``nn.MultiheadAttention`` (no masks, no bias_k/v): same math, quantizable parts.
 
@@ -60,8 +62,8 @@ class QuantizableSelfAttention(nn.Module):
     def __init__(self, mha: nn.MultiheadAttention) -> None:
         super().__init__()
         self.embed_dim, self.num_heads, self.batch_first = mha.embed_dim, mha.num_heads, mha.batch_first
-        head_dim = self.embed_dim // self.num_heads
-        self.qkv = _scaled_qkv(mha.in_proj_weight, mha.in_proj_bias, self.embed_dim, head_dim**-0.5)
+        self.scale = (self.embed_dim // self.num_heads) ** -0.5
+        self.qkv = _linear(mha.in_proj_weight.detach(), mha.in_proj_bias)
         self.out_proj = _linear(mha.out_proj.weight.detach(), mha.out_proj.bias)
         self.original = mha
 
@@ -83,7 +85,7 @@ class QuantizableSelfAttention(nn.Module):
         length, heads = x.shape[1], self.num_heads
         qkv = self.qkv(x).reshape(-1, length, 3, heads, self.embed_dim // heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = attention_softmax(torch.matmul(q, k.transpose(-2, -1)))
+        attn = attention_softmax(torch.matmul(q, k.transpose(-2, -1)), scale=self.scale)
         out = torch.matmul(attn, v).transpose(1, 2).reshape(-1, length, self.embed_dim)
         out = self.out_proj(out)
         out = out if self.batch_first else out.transpose(0, 1)
@@ -108,7 +110,8 @@ class QuantizableWindowAttention(nn.Module):
         self.padded = (ph, pw)
         # no shift when one window covers the map (torchvision's rule)
         self.shift = (0 if wh >= ph else swa.shift_size[0], 0 if ww >= pw else swa.shift_size[1])
-        self.qkv = _scaled_qkv(swa.qkv.weight, swa.qkv.bias, dim, (dim // heads) ** -0.5)
+        self.scale = (dim // heads) ** -0.5
+        self.qkv = _linear(swa.qkv.weight.detach(), swa.qkv.bias)
         self.proj = _linear(swa.proj.weight.detach(), swa.proj.bias)
         bias = swa.get_relative_position_bias().detach()  # (1, heads, N, N)
         self.windows = (ph // wh) * (pw // ww)
@@ -148,9 +151,9 @@ class QuantizableWindowAttention(nn.Module):
         if sh or sw:
             scores = scores.reshape(-1, self.windows, heads, tokens, tokens)
         if self.float_softmax:
-            attn = attention_softmax(scores, self.bias)
-        else:
-            attn = attention_softmax(scores + self.bias)
+            attn = attention_softmax(scores, self.bias, self.scale)
+        else:  # the scale is a quantized multiply by a number here (exact on the grid)
+            attn = attention_softmax(scores * self.scale + self.bias)
         attn = attn.reshape(-1, heads, tokens, tokens)
         x = torch.matmul(attn, v).transpose(1, 2).reshape(-1, tokens, c)
         x = self.proj(x)

@@ -23,6 +23,9 @@ DequantizeLinear/QuantizeLinear with NCHW<->NHWC Transposes around it.
   of x already lies on x's grid, so requantizing it onto another grid can only add rounding. A
   ``cat`` that received such a piece becomes ``quantized.cat`` onto its calibrated grid (as
   onnxruntime's QLinearConcat requantizes each input).
+* ``select_on_int8``: ``dequantize(x) -> x[i] -> quantize(s_i, zp_i)`` for every basic index of x
+  (attention's q, k, v picked out of the in-projection tensor) becomes ``x[i]`` on x's grid, the
+  same argument as for a split; onnxruntime's quantizer keeps them on that grid too.
 * ``cat_on_int8``: a plain ``torch.cat`` of INT8 tensors (ViT's class token and patch tokens)
   becomes ``quantized.cat`` onto its first input's grid. torch's quantized ``cat`` kernel already
   outputs the first input's (scale, zero point), requantizing the others, so torch's numbers do
@@ -215,13 +218,46 @@ def split_on_int8(gm: fx.GraphModule) -> list[str]:
         node.replace_input_with(dq, dq.args[0])
         gm.graph.erase_node(dq)
         for piece in pieces:
-            for quantize in list(piece.users):
-                for user in list(quantize.users):
-                    if user.op == "call_function" and user.target is torch.cat:
-                        _cat_to_grid(gm, user, quantize.args[1], quantize.args[2])
-                quantize.replace_all_uses_with(piece)
-                gm.graph.erase_node(quantize)
+            _drop_requantizes(gm, piece)
         done.append(node.name)
+    return _finish(gm, done)
+
+
+def _drop_requantizes(gm: fx.GraphModule, piece: fx.Node) -> None:
+    """``piece`` (now INT8 on its source's grid) replaces the quantize nodes that read it."""
+    for quantize in list(piece.users):
+        for user in list(quantize.users):
+            if user.op == "call_function" and user.target is torch.cat:
+                _cat_to_grid(gm, user, quantize.args[1], quantize.args[2])
+        quantize.replace_all_uses_with(piece)
+        gm.graph.erase_node(quantize)
+
+
+def _basic_index(index: object) -> bool:
+    """An index that views a tensor (ints, slices, None, ...): it keeps a quantized tensor's grid."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(p, int | slice) or p is None or p is Ellipsis for p in parts)
+
+
+def select_on_int8(gm: fx.GraphModule) -> list[str]:
+    """Pieces ``x[i]`` of a dequantized tensor that are all requantized -> picked on INT8 (module doc)."""
+    done = []
+    for dq in list(gm.graph.nodes):
+        if not _is_dequantize(dq):
+            continue
+        picks = list(dq.users)
+        if not picks or not all(
+            p.op == "call_function" and p.target is operator.getitem and _basic_index(p.args[1])
+            for p in picks
+        ):
+            continue
+        if not all(p.users and all(_is_quantize(u) for u in p.users) for p in picks):
+            continue
+        for pick in picks:
+            pick.replace_input_with(dq, dq.args[0])
+            _drop_requantizes(gm, pick)
+        gm.graph.erase_node(dq)
+        done.append(dq.name)
     return _finish(gm, done)
 
 
@@ -307,6 +343,7 @@ INT8_RULES: dict[str, Callable[[fx.GraphModule], list[str]]] = {
     "drop_requantize": drop_requantize,
     "int8_silu": silu_on_int8,
     "int8_split": split_on_int8,
+    "int8_select": select_on_int8,
     "int8_hardswish": hardswish_on_int8,
     "int8_cat": cat_on_int8,
     "float_output_tail": float_output_tail,

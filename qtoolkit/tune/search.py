@@ -42,6 +42,7 @@ class TuneSettings:
     """Goal and budget of a tuning run."""
 
     tolerance_pp: float  # allowed validation drop of INT8 ONNX vs FP32 torch, percentage points
+    margin_pp: float = 0.0  # a trial meets the goal at drop ≤ tolerance − margin (validation is a sample)
     max_trials: int = 20
     time_budget_s: float | None = None  # checked before each trial
     seed: int = 0  # torch / numpy / random seeds of the search
@@ -64,6 +65,13 @@ class TuneSettings:
             raise QtkError(
                 f"--tolerance must be a non-negative drop in percentage points, not {self.tolerance_pp}"
             )
+        if self.margin_pp < 0:
+            raise QtkError(f"--margin must be non-negative percentage points, not {self.margin_pp}")
+
+    @property
+    def threshold_pp(self) -> float:
+        """The validation drop a trial may have: tolerance less the margin."""
+        return self.tolerance_pp - self.margin_pp
 
 
 @dataclass
@@ -127,7 +135,7 @@ def search(
         trial = Trial(len(trials), phase, dict(setting), list(floats))
         progress.set_postfix_str(f"{phase} {len(floats)} float" if floats else phase)
         run_trial(trial, recipe, task, work_dir / f"trial_{trial.index}.onnx", fp32_val,
-                  settings.tolerance_pp, cache_dir, settings.latency_repeats)  # fmt: skip
+                  settings.threshold_pp, cache_dir, settings.latency_repeats)  # fmt: skip
         trials.append(trial)
         budget.used += 1
         progress.update()

@@ -243,9 +243,9 @@ def requantize_passthrough(model: ir.Model) -> int:
 
 
 # Linear on ≥3-D activations as QGemm (linear_passes): one integer kernel with a uint8 output instead of
-# MatMulIntegerToFloat's float output + float bias Add + QuantizeLinear (4x the bytes moved). Same speed
-# on a quiet machine, faster when memory is contended (onnxruntime vit_b_16 b1 qtk/ORT 1.05x vs 1.14x,
-# `python bench/export_pass_ab.py vit_b_16`), and faster on OpenVINO; off only for A/B runs.
+# MatMulIntegerToFloat's float output + float bias Add + QuantizeLinear (4x the bytes moved): vit_b_16
+# on/off 0.975x b1, 0.937x b8 on onnxruntime (`python bench/export_pass_ab.py vit_b_16`), faster on
+# OpenVINO too; off only for A/B runs.
 LINEAR_TO_GEMM = True
 
 

@@ -15,7 +15,7 @@ Q: an 8-bit grid over logits holding a -100 mask would leave the real logits a f
 1/√d is applied there, not folded into the query rows of W: q, k and v share the in-projection's
 grid (``int8_rules.select_on_int8``, as onnxruntime's quantizer keeps them), and a q scaled by
 1/√d = 1/8 would use 3 bits fewer of it than k and v. In ONNX the scale folds into the scores'
-DequantizeLinear (``qdq_passes.fold_scale_into_dequantize``), so ONNX Runtime still fuses
+DequantizeLinear (``grid_passes.fold_scale_into_dequantize``), so ONNX Runtime still fuses
 ``DQ -> Softmax -> Q`` into QLinearSoftmax. Swin modules
 are specialised to the feature-map size they see on the example input (window partition, shift
 mask and padding become constants); the batch size stays free.

@@ -8,8 +8,8 @@ cached under ``$QTK_CACHE/agreement`` keyed by model, weights, crops sha256 and 
 The validation split (``qtk tune``'s) is ``data.val_size`` crops (default 1024) of another stream,
 seed = calibration seed + 1, labelled the same way: no crop is shared with calibration or eval.
 ``bench/ptq_algorithms.py`` chooses settings on the first 256 of the same stream (``--val-seed 1
---val-size 256`` for calibration seed 0). It is built (crops rendered, FP32 labels) on first iteration only, so
-``qtk run`` does not pay for it.
+--val-size 256`` for calibration seed 0). It is built (crops rendered, FP32 labels) on first
+iteration only, so ``qtk run`` does not pay for it.
 """
 
 from __future__ import annotations

@@ -91,6 +91,7 @@ def dynamic_config(recipe: Recipe) -> DynamicQuantConfig:
             reduce_range=bool(section.reduce_range),  # None -> 8-bit activations, as onnxruntime
             embeddings=section.embeddings,
             exclude=tuple(section.skip_modules),
+            smoothing=section.smoothing,
         )
 
 
@@ -175,7 +176,8 @@ def _static_inputs(recipe: Recipe, task: PreparedTask, config: Any, cache_dir: P
 
 
 def _dynamic_inputs(recipe: Recipe, task: PreparedTask, config: Any, cache_dir: Path) -> dict[str, Any]:
-    return {}  # activations are quantized at run time: no calibration
+    # activations are quantized at run time: calibration only measures ranges for smoothing
+    return {"calibration": task.calibration} if config.smoothing is not None else {}
 
 
 def _qat_inputs(recipe: Recipe, task: PreparedTask, config: Any, cache_dir: Path) -> dict[str, Any]:

@@ -115,6 +115,7 @@ class QuantizeSection:
     reduce_range: bool | None = None
     skip_modules: list[str] = field(default_factory=list)
     embeddings: bool = True  # dynamic: also quantize embedding tables (weight-only, uint8 per row)
+    smoothing: float | None = None  # dynamic: SmoothQuant alpha in [0, 1] (quantize/smoothing.py); None: off
     equalize: bool = False  # static FX: cross-layer equalization (quantize/equalization.py)
     bias_correction: bool = False  # static FX: empirical bias correction (quantize/bias_correction.py)
     adaround: AdaRoundSection | None = None  # static FX: learned rounding; {} for the defaults

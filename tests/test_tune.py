@@ -108,7 +108,10 @@ def test_space_reads_the_registries_and_starts_with_the_recipe(monkeypatch):
     assert changes == sorted(changes)  # one change at a time before pairs
     dynamic = candidate_settings(QuantizeSection(method="dynamic", reduce_range=None))
     # dynamic PTQ: torch's min/max weight ranges only (per channel or per tensor), not mse_per_channel
-    assert dynamic[0]["reduce_range"] is False and len(dynamic) == 2 * 2 * 2
+    assert dynamic[0]["reduce_range"] is False and len(dynamic) == 3 * 2 * 2 * 2
+    # the recipe's own setting first (smoothing off), then the likeliest winner: SmoothQuant at 0.85
+    assert dynamic[0]["smoothing"] is None and _changed(dynamic)[0] == "smoothing"
+    assert dynamic[1]["smoothing"] == 0.85
     assert {s["weight_observer"] for s in dynamic} == {"per_channel", "per_tensor"}
     with pytest.raises(QtkError, match="qat"):
         candidate_settings(QuantizeSection(method="qat"))

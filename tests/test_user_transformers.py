@@ -186,6 +186,7 @@ def test_dynamic_encoder_exports_with_parity(tmp_path, with_example: bool) -> No
 
 def test_unexpected_quantize_input_is_one_line() -> None:
     with pytest.raises(
-        qtk.QtkError, match=r"DynamicQuantConfig does not take calibration \(it takes: example_input\)"
+        qtk.QtkError,
+        match=r"DynamicQuantConfig does not take train_dataset \(it takes: example_input, calibration\)",
     ):
-        qtk.quantize_model(TextEncoder(), qtk.DynamicQuantConfig(), calibration=[torch.randn(1, 9, 12)])
+        qtk.quantize_model(TextEncoder(), qtk.DynamicQuantConfig(), train_dataset=[torch.randn(1, 9, 12)])

@@ -17,7 +17,13 @@ import numpy as np
 import torch
 
 from qtoolkit.configs import fine_tune_config
-from qtoolkit.data.text import TextDataset, load_rotten_tomatoes, load_text_classification, stratified_split
+from qtoolkit.data.text import (
+    TextDataset,
+    load_rotten_tomatoes,
+    load_text_classification,
+    split_fingerprint,
+    stratified_split,
+)
 from qtoolkit.deploy import write_deploy_dir
 from qtoolkit.deploy.predict import TextEncoder
 from qtoolkit.errors import QtkError
@@ -100,6 +106,10 @@ def prepare_text_classification(recipe: Recipe, cache_dir: Path) -> PreparedTask
         base_dir, splits.train, splits.fingerprint, config, base_encoder, cache_root=cache_dir
     )
     encoder = load_encoder(model_dir, config.max_length)
+    # smoothing's per-channel input ranges (quantize/smoothing.py): the first calibration.size
+    # snippets of the seeded train split, never val or test
+    calibration_part = splits.train.subset(range(min(len(splits.train), recipe.quantize.calibration.size)))
+    smoothing = recipe.quantize.smoothing is not None
     example = _tensors(
         encoder.encode(test.texts[:2], None if test.text_pairs is None else test.text_pairs[:2])
     )
@@ -111,11 +121,13 @@ def prepare_text_classification(recipe: Recipe, cache_dir: Path) -> PreparedTask
     return PreparedTask(
         fp32_model=model,
         example_input=example,
-        calibration=[],  # dynamic quantization measures activations at run time
+        calibration=_batches(encoder, calibration_part, recipe.quantize.calibration.batch_size),
         calibration_info={
-            "size": 0,
-            "fingerprint": splits.fingerprint,
-            "note": "dynamic: no calibration set",
+            "size": len(calibration_part) if smoothing else 0,
+            "fingerprint": split_fingerprint({"calibration": calibration_part}),
+            "note": "train split head, for smoothing's input ranges"
+            if smoothing
+            else "dynamic: no calibration set (activations are quantized at run time)",
         },
         eval_batches=_batches(encoder, test, recipe.evaluate.batch_size),
         data_info={**splits.manifest(), "sizes": splits.sizes(), "test_evaluated": len(test)},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import json
 
 import numpy as np
 import onnx
@@ -130,3 +131,35 @@ def test_smoothing_bad_input_is_one_clear_error() -> None:
         quantize_dynamic(model, DynamicQuantConfig(smoothing=0.85))
     with pytest.raises(QtkError, match="outside"):
         DynamicQuantConfig(smoothing=1.5)
+
+
+def test_text_recipe_with_smoothing_runs_end_to_end(tmp_path) -> None:
+    """`quantize.smoothing` in a recipe: ranges from the train split's head, recorded in the report."""
+    pytest.importorskip("transformers")
+    from models_for_tests import save_tiny_bert
+    from test_text_pipeline import _write_csv
+
+    from qtoolkit.cli import main
+
+    model_dir = save_tiny_bert(tmp_path / "tiny-bert", num_labels=2)
+    data = tmp_path / "reviews.csv"
+    _write_csv(data, rows=200)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"""
+name: tiny-text-smooth
+task: text-classification
+model: {{name: tiny, path: {model_dir}}}
+data: {{name: text-file, root: {data}, text_column: review, label_column: sentiment, max_length: 16}}
+train: {{max_steps: 10, batch_size: 16, lr: 0.001, optimizer: adamw}}
+quantize: {{method: dynamic, smoothing: 0.85, calibration: {{size: 64, batch_size: 16}}}}
+evaluate: {{tolerance_pp: 100, min_agreement: 0.0, batch_size: 16, warmup: 1, repeats: 2}}
+"""
+    )
+    out = tmp_path / "out"
+    assert main(["run", str(recipe), "--out", str(out), "--cache", str(tmp_path / "cache")]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["calibration"]["size"] == 64 and len(report["calibration"]["fingerprint"]) == 64
+    assert report["quantization"]["config"]["smoothing"] == 0.85
+    assert report["export"]["int8_ops"].get("Mul", 0) > 0  # the smoothing Muls before the Linears
+    assert any(name.endswith(".linear") for name in report["quantization"]["modules"])

@@ -36,7 +36,13 @@ from qtoolkit.models.rnn import RNNTextClassifier, kept_tokens
 from qtoolkit.models.weights import load_weights
 from qtoolkit.recipe import Recipe
 from qtoolkit.tasks.base import PreparedTask
-from qtoolkit.tasks.text_classification import _batches, _full_length_input, _load, _tensors
+from qtoolkit.tasks.text_classification import (
+    _batches,
+    _full_length_input,
+    _load,
+    _tensors,
+    smoothing_calibration,
+)
 from qtoolkit.train import fit
 from qtoolkit.train.baselines import bert_collate, cached_fit
 from qtoolkit.train.engine import TrainResult
@@ -149,6 +155,7 @@ def prepare_rnn_text_classification(recipe: Recipe, cache_dir: Path) -> Prepared
     encoder = TextEncoder.from_dir(resolve_model_dir(recipe.model.path), recipe.data.max_length, INPUT_NAMES)
     model, baseline_info = rnn_baseline(recipe, splits, train, encoder, cache_dir)
     example = _tensors(encoder.encode(test.texts[:2]))
+    calibration, calibration_info = smoothing_calibration(recipe, train, encoder)
 
     def write_deploy(out_dir: Path, int8_onnx: Path) -> None:
         extra = {
@@ -162,12 +169,8 @@ def prepare_rnn_text_classification(recipe: Recipe, cache_dir: Path) -> Prepared
     return PreparedTask(
         fp32_model=model,
         example_input=example,
-        calibration=[],  # dynamic quantization measures activations at run time
-        calibration_info={
-            "size": 0,
-            "fingerprint": splits.fingerprint,
-            "note": "dynamic: no calibration set",
-        },
+        calibration=calibration,
+        calibration_info=calibration_info,
         eval_batches=_batches(encoder, test, recipe.evaluate.batch_size),
         data_info={
             **splits.manifest(),

@@ -73,6 +73,24 @@ def _batches(encoder: TextEncoder, data: TextDataset, batch_size: int) -> list[t
     return batches
 
 
+def smoothing_calibration(
+    recipe: Recipe, train: TextDataset, encoder: TextEncoder
+) -> tuple[list[tuple[dict, torch.Tensor]], dict[str, object]]:
+    """Batches for smoothing's per-channel input ranges (quantize/smoothing.py): the first
+    ``calibration.size`` snippets of the seeded train split, never val or test; and their record
+    (size 0 when the recipe does not smooth: dynamic PTQ then uses no calibration data)."""
+    part = train.subset(range(min(len(train), recipe.quantize.calibration.size)))
+    smoothing = recipe.quantize.smoothing is not None
+    info = {
+        "size": len(part) if smoothing else 0,
+        "fingerprint": split_fingerprint({"calibration": part}),
+        "note": "train split head, for smoothing's input ranges"
+        if smoothing
+        else "dynamic: no calibration set (activations are quantized at run time)",
+    }
+    return _batches(encoder, part, recipe.quantize.calibration.batch_size), info
+
+
 def _full_length_input(encoder: TextEncoder, vocab_size: int, seq: int):
     """Latency inputs of ``seq`` real tokens ([CLS] random ids [SEP]) so every call does full work."""
 
@@ -106,10 +124,7 @@ def prepare_text_classification(recipe: Recipe, cache_dir: Path) -> PreparedTask
         base_dir, splits.train, splits.fingerprint, config, base_encoder, cache_root=cache_dir
     )
     encoder = load_encoder(model_dir, config.max_length)
-    # smoothing's per-channel input ranges (quantize/smoothing.py): the first calibration.size
-    # snippets of the seeded train split, never val or test
-    calibration_part = splits.train.subset(range(min(len(splits.train), recipe.quantize.calibration.size)))
-    smoothing = recipe.quantize.smoothing is not None
+    calibration, calibration_info = smoothing_calibration(recipe, splits.train, encoder)
     example = _tensors(
         encoder.encode(test.texts[:2], None if test.text_pairs is None else test.text_pairs[:2])
     )
@@ -121,14 +136,8 @@ def prepare_text_classification(recipe: Recipe, cache_dir: Path) -> PreparedTask
     return PreparedTask(
         fp32_model=model,
         example_input=example,
-        calibration=_batches(encoder, calibration_part, recipe.quantize.calibration.batch_size),
-        calibration_info={
-            "size": len(calibration_part) if smoothing else 0,
-            "fingerprint": split_fingerprint({"calibration": calibration_part}),
-            "note": "train split head, for smoothing's input ranges"
-            if smoothing
-            else "dynamic: no calibration set (activations are quantized at run time)",
-        },
+        calibration=calibration,
+        calibration_info=calibration_info,
         eval_batches=_batches(encoder, test, recipe.evaluate.batch_size),
         data_info={**splits.manifest(), "sizes": splits.sizes(), "test_evaluated": len(test)},
         baseline_info={

@@ -155,3 +155,32 @@ def test_inputs_not_matching_forward_are_one_line(tmp_path: Path) -> None:
             export_int8_onnx(quantized, bad, path)
         assert fragment in str(error.value) and "\n" not in str(error.value)
     assert not list(tmp_path.iterdir())  # nothing written, not even a temporary file
+
+
+class WaveformClassifier(nn.Module):
+    """Audio-style: a float Conv1d front end on [batch, 1, samples] (axis 1 is channels, not time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.front = nn.Sequential(nn.Conv1d(1, 16, 9, stride=4), nn.ReLU())
+        self.mix = nn.Linear(16, 32)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        frames = self.front(waveform).transpose(1, 2)  # [batch, time, 16]
+        return self.head(torch.relu(self.mix(frames)).mean(dim=1))
+
+
+def test_conv1d_front_end_exports_with_a_batch_axis_only(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = WaveformClassifier().eval()
+    quantized = quantize_model(model, DynamicQuantConfig())
+    path = export_int8_onnx(quantized, torch.randn(1, 1, 400), tmp_path / "wave.onnx").path
+    batch = torch.randn(3, 1, 400)
+    session = make_session(path, 1)
+    got = session.run(None, {session.get_inputs()[0].name: batch.numpy()})[0]
+    with torch.no_grad():
+        want = quantized.int8_model(batch).numpy()
+    assert abs(got - want).max() < 1e-3
+    dims = [d.dim_param or d.dim_value for d in onnx.load(path).graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [1, 400] and isinstance(dims[0], str)  # batch dynamic, channels and samples fixed

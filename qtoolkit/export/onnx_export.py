@@ -113,27 +113,18 @@ def _eager_attention(module: nn.Module) -> Iterator[None]:
             hf_model.set_attn_implementation(original)
 
 
-def trace_to_ir(
+def _export(
     module: nn.Module,
-    example_input: ExampleInput,
-    *,
-    opset: int = DEFAULT_OPSET,
-    input_name: str = "input",
-    output_names: Sequence[str] = ("logits",),
-    sequence: bool = False,
-) -> ir.Model:
-    """Export ``module`` on ``example_input`` with ``torch.onnx.export(dynamo=True)``; return the IR.
-
-    ``example_input`` is a tensor (ONNX input ``input_name``), a tuple (positional, named after the
-    forward parameters) or a dict (keyword inputs, names kept). Axis 0 is the dynamic ``batch``; a dict
-    input (or ``sequence=True``) also makes axis 1 of token ids and of 3-D float inputs dynamic
-    (``seq``). Axes the model fixes stay static.
-    """
-    module = module.eval()
-    args, kwargs, names = bind_inputs(module, example_input)
-    sequence = sequence or isinstance(example_input, Mapping)
-    if isinstance(example_input, torch.Tensor):
-        names = [input_name]  # one tensor: the ONNX input is ``input_name``, whatever forward calls it
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    names: list[str],
+    sequence: bool,
+    opset: int,
+    output_names: Sequence[str],
+    tensor_input: bool,
+) -> tuple[Any, dict[str, dict[int, str]]]:
+    """``torch.onnx.export(dynamo=True)`` with dynamic batch (and, with ``sequence``, axis-1) axes;
+    the exporter's program and the named dynamic axes per input. QtkError on failure."""
     values = list(args) + list(kwargs.values())
     tensor_axes = [_dynamic_axes(v, sequence) if isinstance(v, torch.Tensor) else [] for v in values]
     values = [
@@ -143,9 +134,8 @@ def trace_to_ir(
     axes = {name: {i: _AXIS_NAMES[i] for i in a} for name, a in zip(names, tensor_axes, strict=True)}
     dims = [{i: torch.export.Dim.AUTO for i in a} or None for a in tensor_axes]
     shapes: Any = tuple(dims[: len(args)]) if not kwargs else dict(zip(names, dims, strict=True))
-    if isinstance(example_input, torch.Tensor) and not sequence:  # images: a declared batch axis
+    if tensor_input and not sequence:  # images: a declared batch axis
         shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},)
-    input_names = names
     try:
         with (
             torch.no_grad(),
@@ -162,7 +152,7 @@ def trace_to_ir(
                 dynamo=True,
                 opset_version=opset,
                 dynamic_shapes=shapes,
-                input_names=input_names,
+                input_names=names,
                 output_names=list(output_names),
                 external_data=False,
                 verbose=False,
@@ -170,6 +160,40 @@ def trace_to_ir(
     except Exception as error:  # the exporter raises many types; keep its first line
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise QtkError(f"ONNX export of {type(module).__name__} failed: {first_line}") from error
+    return program, axes
+
+
+def trace_to_ir(
+    module: nn.Module,
+    example_input: ExampleInput,
+    *,
+    opset: int = DEFAULT_OPSET,
+    input_name: str = "input",
+    output_names: Sequence[str] = ("logits",),
+    sequence: bool = False,
+) -> ir.Model:
+    """Export ``module`` on ``example_input`` with ``torch.onnx.export(dynamo=True)``; return the IR.
+
+    ``example_input`` is a tensor (ONNX input ``input_name``), a tuple (positional, named after the
+    forward parameters) or a dict (keyword inputs, names kept). Axis 0 is the dynamic ``batch``; a dict
+    input (or ``sequence=True``) also makes axis 1 of token ids and of 3-D float inputs dynamic
+    (``seq``). Axes the model fixes stay static; when that export fails for a tensor or tuple input
+    (axis 1 of a 3-D float input may be channels: a Conv1d front end), only the batch axis is dynamic.
+    """
+    module = module.eval()
+    args, kwargs, names = bind_inputs(module, example_input)
+    sequence = sequence or isinstance(example_input, Mapping)
+    if isinstance(example_input, torch.Tensor):
+        names = [input_name]  # one tensor: the ONNX input is ``input_name``, whatever forward calls it
+    tensor_input = isinstance(example_input, torch.Tensor)
+    try:
+        program, axes = _export(module, args, kwargs, names, sequence, opset, output_names, tensor_input)
+    except QtkError:
+        # A tensor's axis 1 may be channels, not time (a Conv1d front end on [batch, 1, samples]):
+        # then only the batch axis is dynamic
+        if not sequence or isinstance(example_input, Mapping):
+            raise
+        program, axes = _export(module, args, kwargs, names, False, opset, output_names, tensor_input)
     model: ir.Model = program.model
     for value in model.graph.inputs:  # readable names for the axes that stayed symbolic
         named = axes.get(value.name, {})

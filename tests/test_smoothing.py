@@ -136,25 +136,15 @@ def test_smoothing_bad_input_is_one_clear_error() -> None:
 def test_text_recipe_with_smoothing_runs_end_to_end(tmp_path) -> None:
     """`quantize.smoothing` in a recipe: ranges from the train split's head, recorded in the report."""
     pytest.importorskip("transformers")
-    from models_for_tests import save_tiny_bert
-    from test_text_pipeline import _write_csv
+    from test_text_pipeline import write_tiny_text_recipe
 
     from qtoolkit.cli import main
 
-    model_dir = save_tiny_bert(tmp_path / "tiny-bert", num_labels=2)
-    data = tmp_path / "reviews.csv"
-    _write_csv(data, rows=200)
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(
-        f"""
-name: tiny-text-smooth
-task: text-classification
-model: {{name: tiny, path: {model_dir}}}
-data: {{name: text-file, root: {data}, text_column: review, label_column: sentiment, max_length: 16}}
-train: {{max_steps: 10, batch_size: 16, lr: 0.001, optimizer: adamw}}
-quantize: {{method: dynamic, smoothing: 0.85, calibration: {{size: 64, batch_size: 16}}}}
-evaluate: {{tolerance_pp: 100, min_agreement: 0.0, batch_size: 16, warmup: 1, repeats: 2}}
-"""
+    recipe = write_tiny_text_recipe(
+        tmp_path,
+        "tiny-text-smooth",
+        train="{max_steps: 10, batch_size: 16, lr: 0.001, optimizer: adamw}",
+        quantize="{method: dynamic, smoothing: 0.85, calibration: {size: 64, batch_size: 16}}",
     )
     out = tmp_path / "out"
     assert main(["run", str(recipe), "--out", str(out), "--cache", str(tmp_path / "cache")]) == 0

@@ -28,6 +28,26 @@ def _write_csv(path, rows=120):
             writer.writerow([f"a {word} film {i % 7}", WORDS[word]])
 
 
+def write_tiny_text_recipe(tmp_path, name: str, train: str, quantize: str, rows: int = 200):
+    """A tiny-BERT text-file recipe on ``rows`` generated reviews; ``train``/``quantize``: YAML maps."""
+    model_dir = save_tiny_bert(tmp_path / "tiny-bert", num_labels=2)
+    data = tmp_path / "reviews.csv"
+    _write_csv(data, rows=rows)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"""
+name: {name}
+task: text-classification
+model: {{name: tiny, path: {model_dir}}}
+data: {{name: text-file, root: {data}, text_column: review, label_column: sentiment, max_length: 16}}
+train: {train}
+quantize: {quantize}
+evaluate: {{tolerance_pp: 100, min_agreement: 0.0, batch_size: 16, warmup: 1, repeats: 2}}
+"""
+    )
+    return recipe
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["bert", "distilbert"])  # DistilBERT takes no token_type_ids
 def test_text_recipe_dynamic_end_to_end(tmp_path, capsys, architecture):

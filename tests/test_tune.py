@@ -282,23 +282,13 @@ def test_validation_holdout_is_disjoint_balanced_and_deterministic():
 @pytest.mark.slow  # fine-tunes a tiny BERT, then dynamic trials with ONNX exports
 def test_dynamic_tune_falls_back_per_linear(tmp_path):
     pytest.importorskip("transformers")
-    from models_for_tests import save_tiny_bert
-    from test_text_pipeline import _write_csv
+    from test_text_pipeline import write_tiny_text_recipe
 
-    model_dir = save_tiny_bert(tmp_path / "tiny-bert", num_labels=2)
-    data = tmp_path / "reviews.csv"
-    _write_csv(data, rows=200)
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(
-        f"""
-name: tiny-text
-task: text-classification
-model: {{name: tiny, path: {model_dir}}}
-data: {{name: text-file, root: {data}, text_column: review, label_column: sentiment, max_length: 16}}
-train: {{max_steps: 30, batch_size: 16, lr: 0.001, optimizer: adamw, schedule: linear, warmup_steps: 2}}
-quantize: {{method: dynamic}}
-evaluate: {{tolerance_pp: 100, min_agreement: 0.0, batch_size: 16, warmup: 1, repeats: 2}}
-"""
+    recipe = write_tiny_text_recipe(
+        tmp_path,
+        "tiny-text",
+        train="{max_steps: 30, batch_size: 16, lr: 0.001, optimizer: adamw, schedule: linear, warmup_steps: 2}",
+        quantize="{method: dynamic}",
     )
     out = tmp_path / "out"
     args = ["tune", str(recipe), "--tolerance", "0", "--max-trials", "3", "--setting-trials", "1"]

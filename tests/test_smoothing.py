@@ -153,3 +153,7 @@ def test_text_recipe_with_smoothing_runs_end_to_end(tmp_path) -> None:
     assert report["quantization"]["config"]["smoothing"] == 0.85
     assert report["export"]["int8_ops"].get("Mul", 0) > 0  # the smoothing Muls before the Linears
     assert any(name.endswith(".linear") for name in report["quantization"]["modules"])
+    groups = report["quantization"]["smoothing"]["groups"]  # the summary reaches report.json
+    assert any(g["scale"].startswith("folded into") for g in groups) and any(
+        g["scale"] == "Mul" for g in groups
+    )

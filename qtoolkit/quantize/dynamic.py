@@ -209,7 +209,16 @@ def quantize_dynamic(
     the model takes: tensors, tuples or dicts of named inputs); see :mod:`qtoolkit.quantize.smoothing`.
     Raises QtkError when the patterns select no module at all (a typo in include/exclude).
     """
-    config = config or DynamicQuantConfig()
+    return _quantize_dynamic(model, config or DynamicQuantConfig(), example_input, calibration)[0]
+
+
+def _quantize_dynamic(
+    model: nn.Module,
+    config: DynamicQuantConfig,
+    example_input: object | None,
+    calibration: Iterable[object] | None,
+) -> tuple[nn.Module, dict[str, Any] | None]:
+    """:func:`quantize_dynamic`, and the smoothing summary (None without smoothing)."""
     set_backend(config.backend)
     linear_qconfig, embedding_qconfig, recurrent_qconfig = _qconfigs(config)
     qmodel = copy.deepcopy(model).eval()
@@ -218,12 +227,13 @@ def quantize_dynamic(
     make_transformers_traceable(qmodel)
     rewritten = rewrite_attention(qmodel, example_input) if isinstance(example_input, torch.Tensor) else {}
     inside_attention = _float_attention(qmodel, rewritten, isinstance(example_input, torch.Tensor))
+    smoothing = None
     if config.smoothing is not None:
         if not calibration:
             raise QtkError(
                 "dynamic smoothing needs calibration batches (calibration=[...]); pass some, or set smoothing=None."
             )
-        smooth_linears(
+        smoothing = smooth_linears(
             qmodel,
             calibration,
             config.smoothing,
@@ -257,7 +267,7 @@ def quantize_dynamic(
                 module.__class__ = FullRangeDynamicLinear
             elif isinstance(module, torch.ao.nn.quantized.dynamic.modules.rnn.RNNBase):
                 _full_range_cells(module)
-    return qmodel
+    return qmodel, smoothing
 
 
 def quantized_modules(qmodel: nn.Module) -> dict[str, str]:
@@ -289,7 +299,8 @@ def _dynamic_handler(
 
     ``example_input`` is optional: with it, self-attention ``nn.MultiheadAttention`` quantizes too.
     ``calibration`` is needed only with ``smoothing`` (per-channel input ranges)."""
-    qmodel = quantize_dynamic(model, config, example_input, calibration)
-    return QuantizedModel(
-        qmodel, "dynamic", {"config": config.to_dict(), "modules": quantized_modules(qmodel)}
-    )
+    qmodel, smoothing = _quantize_dynamic(model, config, example_input, calibration)
+    details = {"config": config.to_dict(), "modules": quantized_modules(qmodel)}
+    if smoothing is not None:  # which groups folded, which got a Mul, their input spreads
+        details["smoothing"] = smoothing
+    return QuantizedModel(qmodel, "dynamic", details)

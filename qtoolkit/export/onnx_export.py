@@ -183,9 +183,9 @@ def trace_to_ir(
     module = module.eval()
     args, kwargs, names = bind_inputs(module, example_input)
     sequence = sequence or isinstance(example_input, Mapping)
-    if isinstance(example_input, torch.Tensor):
-        names = [input_name]  # one tensor: the ONNX input is ``input_name``, whatever forward calls it
     tensor_input = isinstance(example_input, torch.Tensor)
+    if tensor_input:
+        names = [input_name]  # one tensor: the ONNX input is ``input_name``, whatever forward calls it
     try:
         program, axes = _export(module, args, kwargs, names, sequence, opset, output_names, tensor_input)
     except QtkError:

@@ -2,12 +2,13 @@
 
     python bench/export_pass_ab.py vit_b_16 --pass linear_to_gemm            # Linear -> QGemm
     python bench/export_pass_ab.py vit_b_16 --pass select_on_integers        # q, k, v picked in int8
+    python bench/export_pass_ab.py convnext_tiny --pass linear_float_output  # Linear -> GELU float
 
 Quantizes one torchvision model once (random init, BN warmed), exports its INT8 model twice, with the
 pass on ("on") and off ("off"), beside onnxruntime's ``quantize_static`` of the same FP32 model
 ("ort"), and prints the latency of each at batch 1 and 8 (2 threads, ``--rounds`` interleaved) with the
-paired median ratios on/ort, off/ort and on/off. Both passes are on by default
-(``qdq_passes.LINEAR_TO_GEMM``, ``grid_passes.select_on_integers``).
+paired median ratios on/ort, off/ort and on/off. Every pass is on by default
+(``qdq_passes.LINEAR_TO_GEMM``, ``qdq_passes.LINEAR_FLOAT_OUTPUT``, ``grid_passes.select_on_integers``).
 """
 
 import argparse
@@ -36,12 +37,17 @@ def _linear_to_gemm(on: bool) -> None:
     qp.LINEAR_TO_GEMM = on
 
 
+def _linear_float_output(on: bool) -> None:
+    qp.LINEAR_FLOAT_OUTPUT = on
+
+
 def _select_on_integers(on: bool) -> None:
     gp.select_on_integers = _SELECT if on else (lambda model: 0)  # make_ort_friendly looks it up per call
 
 
 PASSES: dict[str, Callable[[bool], None]] = {
     "linear_to_gemm": _linear_to_gemm,
+    "linear_float_output": _linear_float_output,
     "select_on_integers": _select_on_integers,
 }
 

@@ -139,6 +139,53 @@ class _StemAndChannelsLastMLP(nn.Module):
         return self.fc(torch.flatten(x.mean((2, 3), keepdim=True), 1))
 
 
+class _GeluMLPs(nn.Module):
+    """Linear -> GELU on a 3-D token tensor (MatMul + Add in ONNX) and on a 2-D one (Gemm), and a
+    Linear whose output feeds GELU and a residual Add (the Add is quantized: its output stays INT8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 4, stride=4)
+        self.up, self.down, self.shared = nn.Linear(8, 32), nn.Linear(32, 8), nn.Linear(8, 8)
+        self.head_up, self.head = nn.Linear(8, 16), nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        tokens = tokens + self.down(nn.functional.gelu(self.up(tokens)))
+        shared = self.shared(tokens)
+        tokens = shared + nn.functional.gelu(shared)
+        return self.head(nn.functional.gelu(self.head_up(tokens.mean(1))))
+
+
+def test_linear_read_only_by_gelu_keeps_a_float_output(tmp_path, monkeypatch):
+    """linear_to_float_output: a Linear whose INT8 output only feeds GELU runs as one
+    MatMulIntegerToFloat (float bias fused) with no QuantizeLinear/DequantizeLinear pass before GELU;
+    a Linear with an integer reader too is left alone. One rounding fewer than torch's INT8 model."""
+    from qtoolkit.evaluate.graph_quality import optimized_op_counts
+    from qtoolkit.evaluate.parity import check_parity
+    from qtoolkit.export import qdq_passes
+
+    int8 = _static(_GeluMLPs(), mode="fx")
+    example = torch.randn(1, 3, 16, 16)
+    changes = export_int8_onnx(int8, example, tmp_path / "float_out.onnx")
+    assert changes["linear_float_outputs"] == 2  # up (MatMul + Add) and head_up (Gemm); not shared
+    onnx.checker.check_model(str(tmp_path / "float_out.onnx"), full_check=True)
+    assert onnx_op_counts(tmp_path / "float_out.onnx")["MatMulIntegerToFloat"] == 2
+    monkeypatch.setattr(qdq_passes, "LINEAR_FLOAT_OUTPUT", False)
+    assert export_int8_onnx(int8, example, tmp_path / "plain.onnx")["linear_float_outputs"] == 0
+
+    ours, plain = (optimized_op_counts(tmp_path / f"{n}.onnx") for n in ("float_out", "plain"))
+    assert ours["MatMulIntegerToFloat"] == 2 and plain.get("MatMulIntegerToFloat", 0) == 0
+    assert ours["QGemm"] == plain["QGemm"] - 2 and ours["Gelu"] == plain["Gelu"] == 3
+    assert ours["DequantizeLinear"] <= plain["DequantizeLinear"] - 2  # QGemm's uint8 output read back
+
+    x = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    rewritten, reference = _run(tmp_path / "float_out.onnx", x), _run(tmp_path / "plain.onnx", x)
+    assert np.abs(rewritten - reference).max() < 0.05 * np.abs(reference).max()
+    parity = check_parity(int8, tmp_path / "float_out.onnx", [x])
+    assert parity["agreement"] >= 0.9, parity
+
+
 def test_relu_and_linear_rewrites_keep_the_numbers(tmp_path, monkeypatch):
     """relu_on_integers and linear_to_gemm change the ops, not the QDQ arithmetic: run unfused
     (ORT optimizations off), the rewritten file equals the file without them."""

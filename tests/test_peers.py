@@ -58,10 +58,10 @@ def test_zoo_row_puts_the_kernel_floor_beside_parity() -> None:
     assert parity["samples"] == floor["samples"] == 16
     assert floor["agreement"] >= 0.9 and 0 <= floor["max_abs_diff"] < 0.05
     ops = row["optimized_ops"]["qtoolkit_int8"]
-    # residual Adds run as QLinearAdd; the MLP Linears are QGemm with their int32 bias (no float Add,
-    # no MatMulIntegerToFloat: qdq_passes.LINEAR_TO_GEMM), plus the head
-    assert ops["QLinearAdd"] == 4 and ops.get("Add", 0) == ops.get("MatMulIntegerToFloat", 0) == 0
-    assert ops["QGemm"] == 8 + 1
+    # residual Adds run as QLinearAdd; the MLP's second Linear is a QGemm with its int32 bias (no float
+    # Add: qdq_passes.LINEAR_TO_GEMM), plus the head; the first feeds only GELU: MatMulIntegerToFloat
+    assert ops["QLinearAdd"] == 4 and ops.get("Add", 0) == 0
+    assert ops["QGemm"] == 4 + 1 and ops["MatMulIntegerToFloat"] == 4
     table = format_zoo(results)
     assert "kernel floor top-1 / max Δlogit" in table
     assert f"{100 * floor['agreement']:.1f}% / {floor['max_abs_diff']:.3g}" in table.splitlines()[4]

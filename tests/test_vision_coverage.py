@@ -142,8 +142,9 @@ def test_vit_attention_and_linear_run_in_integer(tmp_path) -> None:
     assert ops["QLinearMatMul"] + ops["MatMulIntegerToFloat"] + ops["QGemm"] == 2 * 2 + 2 * 4 + 1
     assert ops["QLinearMatMul"] >= 4  # the attention MatMuls: both inputs and the output quantized
     # Linear layers on [batch, tokens, C]: one QGemm each with its int32 bias (qdq_passes.LINEAR_TO_GEMM;
-    # no float bias Add), and the head
-    assert ops["QGemm"] == 2 * 4 + 1 and ops.get("MatMulIntegerToFloat", 0) == 0 and ops.get("Add", 0) == 0
+    # no float bias Add), and the head; the first MLP Linear feeds only GELU: MatMulIntegerToFloat with
+    # its float bias fused (linear_passes.linear_to_float_output)
+    assert ops["QGemm"] == 2 * 3 + 1 and ops["MatMulIntegerToFloat"] == 2 and ops.get("Add", 0) == 0
     assert ops["LayerNormalization"] == 5 == _float_between_qdq(path, "LayerNormalization")
     assert parity["reference"]["MatMul"] == TORCH_INT8
     assert parity["reference"]["LayerNormalization"] == TORCH_INT8
@@ -187,9 +188,9 @@ def test_swin_window_attention_runs_in_integer(tmp_path) -> None:
     # softmax(s + position bias [+ shift mask]) stays a float island in every window (OpenVINO cannot
     # compile the integer bias Add: attention.py)
     assert ops["Softmax"] == 4 and ops.get("QLinearSoftmax", 0) == 0
-    # Linear layers on windows/tokens: one QGemm each (LINEAR_TO_GEMM), and the head; the only float
-    # Adds are the 4 softmax position biases
-    assert ops["QGemm"] == 4 * 4 + 1 and ops.get("MatMulIntegerToFloat", 0) == 0 and ops["Add"] == 4
+    # Linear layers on windows/tokens: one QGemm each (LINEAR_TO_GEMM), and the head, but the first MLP
+    # Linear (feeds only GELU: MatMulIntegerToFloat); the only float Adds are the 4 softmax position biases
+    assert ops["QGemm"] == 4 * 3 + 1 and ops["MatMulIntegerToFloat"] == 4 and ops["Add"] == 4
     assert _float_between_qdq(path, "LayerNormalization") >= 9
     assert sum("softmax" in name for name in quantized.details["float_ops"]) == 4
     assert ops["QLinearAdd"] == 4 * 2  # both residual Adds of the 4 blocks
@@ -216,13 +217,16 @@ def test_convnext_layer_norm_stays_float(tmp_path) -> None:
     assert ops["QLinearConv"] == sum(isinstance(m, nn.Conv2d) for m in _convnext().modules())
     assert ops["MatMul"] == 0 and ops["Gemm"] == 0 and ops["Conv"] == 0
     # channels-last MLP Linear layers and the head: one QGemm each with its int32 bias
-    # (qdq_passes.LINEAR_TO_GEMM: no MatMulIntegerToFloat and float bias Add)
+    # (qdq_passes.LINEAR_TO_GEMM: no float bias Add), but the expanding Linear before GELU, which is a
+    # MatMulIntegerToFloat with its float bias fused (linear_passes.linear_to_float_output)
     linears = sum(isinstance(m, nn.Linear) for m in _convnext().modules())
-    assert ops["QGemm"] == linears and ops.get("MatMulIntegerToFloat", 0) == 0 and ops.get("Add", 0) == 0
+    blocks = sum(type(m).__name__ == "CNBlock" for m in _convnext().modules())
+    assert (
+        ops["QGemm"] == linears - blocks and ops["MatMulIntegerToFloat"] == blocks and ops.get("Add", 0) == 0
+    )
     norms = sum(isinstance(m, nn.LayerNorm) for m in _convnext().modules())
     assert ops["LayerNormalization"] == norms == _float_between_qdq(path, "LayerNormalization")
     assert parity["reference"]["LayerNormalization"] == TORCH_INT8
-    blocks = sum(type(m).__name__ == "CNBlock" for m in _convnext().modules())
     assert ops["QLinearAdd"] == blocks and ops["QLinearMul"] == blocks  # residual Add, layer scale
 
 

@@ -3,12 +3,14 @@
     python bench/export_pass_ab.py vit_b_16 --pass linear_to_gemm            # Linear -> QGemm
     python bench/export_pass_ab.py vit_b_16 --pass select_on_integers        # q, k, v picked in int8
     python bench/export_pass_ab.py convnext_tiny --pass linear_float_output  # Linear -> GELU float
+    python bench/export_pass_ab.py mobilenet_v3_large --pass hardsigmoid_on_integers
 
 Quantizes one torchvision model once (random init, BN warmed), exports its INT8 model twice, with the
 pass on ("on") and off ("off"), beside onnxruntime's ``quantize_static`` of the same FP32 model
 ("ort"), and prints the latency of each at batch 1 and 8 (2 threads, ``--rounds`` interleaved) with the
 paired median ratios on/ort, off/ort and on/off. Every pass is on by default
-(``qdq_passes.LINEAR_TO_GEMM``, ``qdq_passes.LINEAR_FLOAT_OUTPUT``, ``grid_passes.select_on_integers``).
+(``qdq_passes.LINEAR_TO_GEMM``, ``qdq_passes.LINEAR_FLOAT_OUTPUT``, ``grid_passes.select_on_integers``,
+``activation_passes.hardsigmoid_on_integers``).
 """
 
 import argparse
@@ -23,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import qtoolkit as qtk
+import qtoolkit.export.activation_passes as ap
 import qtoolkit.export.grid_passes as gp
 import qtoolkit.export.qdq_passes as qp
 from qtoolkit.evaluate.latency import interleaved_latency, paired_ratio
@@ -31,6 +34,7 @@ from qtoolkit.peers.zoo import build_torchvision
 from qtoolkit.runtime.ort import make_session
 
 _SELECT = gp.select_on_integers
+_HARDSIGMOID = ap.hardsigmoid_on_integers
 
 
 def _linear_to_gemm(on: bool) -> None:
@@ -41,6 +45,10 @@ def _linear_float_output(on: bool) -> None:
     qp.LINEAR_FLOAT_OUTPUT = on
 
 
+def _hardsigmoid_on_integers(on: bool) -> None:
+    ap.hardsigmoid_on_integers = _HARDSIGMOID if on else (lambda model: 0)
+
+
 def _select_on_integers(on: bool) -> None:
     gp.select_on_integers = _SELECT if on else (lambda model: 0)  # make_ort_friendly looks it up per call
 
@@ -48,6 +56,7 @@ def _select_on_integers(on: bool) -> None:
 PASSES: dict[str, Callable[[bool], None]] = {
     "linear_to_gemm": _linear_to_gemm,
     "linear_float_output": _linear_float_output,
+    "hardsigmoid_on_integers": _hardsigmoid_on_integers,
     "select_on_integers": _select_on_integers,
 }
 

@@ -181,3 +181,36 @@ def test_functional_global_pool_becomes_one_mean() -> None:
     assert pools, "the converted graph calls the functional pool"
     targets = [n.target for n in to_reference(int8).graph.nodes if n.op == "call_function"]
     assert global_mean in targets and not any("adaptive_avg_pool" in str(t) for t in targets)
+
+
+def test_hardsigmoid_runs_as_an_integer_add(tmp_path, monkeypatch) -> None:
+    """hardsigmoid on torch's fixed [0, 1] grid (squeeze-excite gates, and Hardswish's gate) becomes one
+    QLinearAdd in onnxruntime (activation_passes.hardsigmoid_on_integers), where onnxruntime's own
+    quantizer leaves every one a float island; the integers are the float island's."""
+    from qtoolkit.export import activation_passes
+    from qtoolkit.runtime.ort import make_session
+
+    model, calibration = _build("mobilenetv3_hardswish_se")
+    example = calibration[0][:1]
+    config = qtoolkit.StaticQuantConfig(observers=qtoolkit.ObserverSpec(activation="minmax"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        int8 = qtoolkit.quantize_model(
+            model, config, calibration=calibration, example_input=example
+        ).int8_model
+    changes = qtoolkit.export_int8_onnx(int8, example, tmp_path / "int8.onnx")
+    monkeypatch.setattr(activation_passes, "hardsigmoid_on_integers", lambda model: 0)
+    qtoolkit.export_int8_onnx(int8, example, tmp_path / "plain.onnx")
+    ours, plain = optimized_op_counts(tmp_path / "int8.onnx"), optimized_op_counts(tmp_path / "plain.onnx")
+    gates = plain["HardSigmoid"]
+    assert gates >= 5 and changes["hardsigmoids_as_integer_adds"] == gates, (changes, plain)
+    assert ours.get("HardSigmoid", 0) == 0 and ours["QLinearAdd"] == plain["QLinearAdd"] + gates, ours
+    assert graph_quality(ours)["float_ops"] == graph_quality(plain)["float_ops"] - gates == 0
+
+    x = np.random.default_rng(4).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    unfused = [make_session(tmp_path / n, 1, optimization="disabled") for n in ("int8.onnx", "plain.onnx")]
+    rewritten, island = (s.run(None, {"input": x})[0] for s in unfused)
+    # same integers but where (x + 3)·256/6 lands within float rounding of a .5: a rare 1-LSB gate step
+    assert np.abs(rewritten - island).max() < 0.02 * np.abs(island).max()
+    parity = qtoolkit.check_parity(int8, tmp_path / "int8.onnx", [torch.from_numpy(x)])
+    assert parity["agreement"] >= 0.98, parity

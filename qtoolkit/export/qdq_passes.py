@@ -254,6 +254,7 @@ LINEAR_FLOAT_OUTPUT = True
 
 def make_ort_friendly(model: ir.Model) -> dict[str, int]:
     """Run every pass; return how many places each one changed (recorded in the export log)."""
+    from qtoolkit.export.activation_passes import hardsigmoid_on_integers
     from qtoolkit.export.grid_passes import (  # imports us
         drop_output_round_trip,
         fold_scale_into_dequantize,
@@ -269,6 +270,7 @@ def make_ort_friendly(model: ir.Model) -> dict[str, int]:
         "requantized_grid_ops": requantize_grid_ops(model),
         "selects_on_integers": select_on_integers(model),
         "scales_folded_into_dequantize": fold_scale_into_dequantize(model),
+        "hardsigmoids_as_integer_adds": hardsigmoid_on_integers(model),
         # after the grid passes: its input may be a reshape's
         "linear_float_outputs": linear_to_float_output(model) if LINEAR_FLOAT_OUTPUT else 0,
         "linear_to_gemm": linear_to_gemm(model) if LINEAR_TO_GEMM else 0,

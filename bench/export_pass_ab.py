@@ -4,13 +4,14 @@
     python bench/export_pass_ab.py vit_b_16 --pass select_on_integers        # q, k, v picked in int8
     python bench/export_pass_ab.py convnext_tiny --pass linear_float_output  # Linear -> GELU float
     python bench/export_pass_ab.py mobilenet_v3_large --pass hardsigmoid_on_integers
+    python bench/export_pass_ab.py efficientnet_b0 --pass spatial_means_as_global_pools
 
 Quantizes one torchvision model once (random init, BN warmed), exports its INT8 model twice, with the
 pass on ("on") and off ("off"), beside onnxruntime's ``quantize_static`` of the same FP32 model
 ("ort"), and prints the latency of each at batch 1 and 8 (2 threads, ``--rounds`` interleaved) with the
 paired median ratios on/ort, off/ort and on/off. Every pass is on by default
 (``qdq_passes.LINEAR_TO_GEMM``, ``qdq_passes.LINEAR_FLOAT_OUTPUT``, ``grid_passes.select_on_integers``,
-``activation_passes.hardsigmoid_on_integers``).
+``activation_passes.hardsigmoid_on_integers``, ``grid_passes.spatial_means_as_global_pools``).
 """
 
 import argparse
@@ -35,6 +36,7 @@ from qtoolkit.runtime.ort import make_session
 
 _SELECT = gp.select_on_integers
 _HARDSIGMOID = ap.hardsigmoid_on_integers
+_GLOBAL_POOLS = gp.spatial_means_as_global_pools
 
 
 def _linear_to_gemm(on: bool) -> None:
@@ -49,6 +51,10 @@ def _hardsigmoid_on_integers(on: bool) -> None:
     ap.hardsigmoid_on_integers = _HARDSIGMOID if on else (lambda model: 0)
 
 
+def _spatial_means_as_global_pools(on: bool) -> None:
+    gp.spatial_means_as_global_pools = _GLOBAL_POOLS if on else (lambda model: 0)
+
+
 def _select_on_integers(on: bool) -> None:
     gp.select_on_integers = _SELECT if on else (lambda model: 0)  # make_ort_friendly looks it up per call
 
@@ -57,6 +63,7 @@ PASSES: dict[str, Callable[[bool], None]] = {
     "linear_to_gemm": _linear_to_gemm,
     "linear_float_output": _linear_float_output,
     "hardsigmoid_on_integers": _hardsigmoid_on_integers,
+    "spatial_means_as_global_pools": _spatial_means_as_global_pools,
     "select_on_integers": _select_on_integers,
 }
 

@@ -214,3 +214,36 @@ def test_hardsigmoid_runs_as_an_integer_add(tmp_path, monkeypatch) -> None:
     assert np.abs(rewritten - island).max() < 0.02 * np.abs(island).max()
     parity = qtoolkit.check_parity(int8, tmp_path / "int8.onnx", [torch.from_numpy(x)])
     assert parity["agreement"] >= 0.98, parity
+
+
+def test_global_means_run_as_integer_global_pools(tmp_path, monkeypatch) -> None:
+    """Squeeze-excite's squeeze and the head's pool (ReduceMean over H, W in torch's export) become
+    GlobalAveragePool (grid_passes.spatial_means_as_global_pools), which onnxruntime fuses into
+    QLinearGlobalAveragePool on the uint8 map; as ReduceMean the whole map was dequantized to float
+    (onnxruntime's own quantizer's file too). The same mean: unfused, both files give the same logits."""
+    from qtoolkit.export import grid_passes
+    from qtoolkit.runtime.ort import make_session
+
+    model, calibration = _build("efficientnet_mbconv_se_silu")
+    example = calibration[0][:1]
+    config = qtoolkit.StaticQuantConfig(observers=qtoolkit.ObserverSpec(activation="minmax"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        int8 = qtoolkit.quantize_model(
+            model, config, calibration=calibration, example_input=example
+        ).int8_model
+    changes = qtoolkit.export_int8_onnx(int8, example, tmp_path / "int8.onnx")
+    monkeypatch.setattr(grid_passes, "spatial_means_as_global_pools", lambda model: 0)
+    qtoolkit.export_int8_onnx(int8, example, tmp_path / "plain.onnx")
+    ours, plain = optimized_op_counts(tmp_path / "int8.onnx"), optimized_op_counts(tmp_path / "plain.onnx")
+    means = plain["ReduceMean"]
+    assert means == 3 and changes["means_as_global_pools"] == means, (changes, plain)  # 2 SE squeezes + head
+    assert ours.get("ReduceMean", 0) == 0 and ours["QLinearGlobalAveragePool"] == means, ours
+    assert ours["DequantizeLinear"] <= plain["DequantizeLinear"] - means, (ours, plain)
+
+    x = np.random.default_rng(6).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    unfused = [make_session(tmp_path / n, 1, optimization="disabled") for n in ("int8.onnx", "plain.onnx")]
+    pooled, reduced = (s.run(None, {"input": x})[0] for s in unfused)
+    np.testing.assert_allclose(pooled, reduced, atol=1e-5)
+    parity = qtoolkit.check_parity(int8, tmp_path / "int8.onnx", [torch.from_numpy(x)])
+    assert parity["agreement"] >= 0.98, parity

@@ -193,3 +193,48 @@ def drop_output_round_trip(model: ir.Model) -> int:
         graph.remove([dq, q], safe=True)
         count += 1
     return count
+
+
+def _reduced_axes(node: ir.Node) -> list[int] | None:
+    """ReduceMean's axes (input since opset 18, attribute before), or None when not constant."""
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        axes = _const(node.inputs[1])
+        return None if axes is None else [int(a) for a in axes.reshape(-1)]
+    attr = node.attributes.get("axes")
+    return list(attr.as_ints()) if attr is not None else None
+
+
+def spatial_means_as_global_pools(model: ir.Model) -> int:
+    """``DQ → ReduceMean(all spatial axes, keepdims) → Q`` becomes ``GlobalAveragePool``: the same mean.
+
+    torch exports global average pooling (squeeze-excite's squeeze, classifier heads) as ReduceMean,
+    which onnxruntime has no integer kernel for: it dequantized the whole feature map to float
+    (efficientnet_b0 b1: DequantizeLinear 2.2 ms + ReduceMean 1.3 ms of 12.2 ms, onnxruntime's own
+    quantizer's file alike). ``DQ → GlobalAveragePool → Q`` fuses into QLinearGlobalAveragePool, which
+    reads the uint8 map (0.2 ms).
+    """
+    graph, count = model.graph, 0
+    for node in list(graph):
+        if node.op_type != "ReduceMean" or node.domain not in ("", "ai.onnx") or not node.inputs:
+            continue
+        keepdims = node.attributes.get("keepdims")
+        shape, axes = node.inputs[0].shape, _reduced_axes(node)
+        if (
+            (keepdims is not None and keepdims.as_int() == 0)
+            or shape is None
+            or axes is None
+            or len(shape) < 3
+        ):
+            continue
+        if (
+            sorted(a % len(shape) for a in axes) != list(range(2, len(shape)))
+            or _grid_of(node.inputs[0]) is None
+        ):
+            continue
+        pool = ir.node("GlobalAveragePool", [node.inputs[0]], name=_unique(graph, f"{node.name}_global_pool"))
+        pool.outputs[0].shape, pool.outputs[0].type = node.outputs[0].shape, node.outputs[0].type
+        graph.insert_before(node, pool)
+        node.outputs[0].replace_all_uses_with(pool.outputs[0])
+        graph.remove(node, safe=True)
+        count += 1
+    return count

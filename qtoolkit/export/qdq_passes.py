@@ -260,6 +260,7 @@ def make_ort_friendly(model: ir.Model) -> dict[str, int]:
         fold_scale_into_dequantize,
         requantize_grid_ops,
         select_on_integers,
+        spatial_means_as_global_pools,
     )
     from qtoolkit.export.linear_passes import linear_to_float_output, linear_to_gemm, unshare_weights
 
@@ -268,6 +269,7 @@ def make_ort_friendly(model: ir.Model) -> dict[str, int]:
         "dropped_clips": drop_redundant_clips(model),
         "requantized_passthrough": requantize_passthrough(model),
         "requantized_grid_ops": requantize_grid_ops(model),
+        "means_as_global_pools": spatial_means_as_global_pools(model),
         "selects_on_integers": select_on_integers(model),
         "scales_folded_into_dequantize": fold_scale_into_dequantize(model),
         "hardsigmoids_as_integer_adds": hardsigmoid_on_integers(model),

@@ -183,14 +183,10 @@ def test_functional_global_pool_becomes_one_mean() -> None:
     assert global_mean in targets and not any("adaptive_avg_pool" in str(t) for t in targets)
 
 
-def test_hardsigmoid_runs_as_an_integer_add(tmp_path, monkeypatch) -> None:
-    """hardsigmoid on torch's fixed [0, 1] grid (squeeze-excite gates, and Hardswish's gate) becomes one
-    QLinearAdd in onnxruntime (activation_passes.hardsigmoid_on_integers), where onnxruntime's own
-    quantizer leaves every one a float island; the integers are the float island's."""
-    from qtoolkit.export import activation_passes
-    from qtoolkit.runtime.ort import make_session
-
-    model, calibration = _build("mobilenetv3_hardswish_se")
+def _with_and_without(family, tmp_path, monkeypatch, module, pass_name: str):
+    """torch INT8 model of ``family`` exported twice, with ``module.pass_name`` and with it off: the INT8
+    model, the export changes, and the optimized op counts of both files (int8.onnx, plain.onnx)."""
+    model, calibration = _build(family)
     example = calibration[0][:1]
     config = qtoolkit.StaticQuantConfig(observers=qtoolkit.ObserverSpec(activation="minmax"))
     with warnings.catch_warnings():
@@ -199,17 +195,41 @@ def test_hardsigmoid_runs_as_an_integer_add(tmp_path, monkeypatch) -> None:
             model, config, calibration=calibration, example_input=example
         ).int8_model
     changes = qtoolkit.export_int8_onnx(int8, example, tmp_path / "int8.onnx")
-    monkeypatch.setattr(activation_passes, "hardsigmoid_on_integers", lambda model: 0)
+    monkeypatch.setattr(module, pass_name, lambda model: 0)
     qtoolkit.export_int8_onnx(int8, example, tmp_path / "plain.onnx")
-    ours, plain = optimized_op_counts(tmp_path / "int8.onnx"), optimized_op_counts(tmp_path / "plain.onnx")
+    return (
+        int8,
+        changes,
+        optimized_op_counts(tmp_path / "int8.onnx"),
+        optimized_op_counts(tmp_path / "plain.onnx"),
+    )
+
+
+def _unfused_outputs(tmp_path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8.onnx and plain.onnx run with onnxruntime's optimizations off (the QDQ arithmetic as written)."""
+    from qtoolkit.runtime.ort import make_session
+
+    sessions = [make_session(tmp_path / n, 1, optimization="disabled") for n in ("int8.onnx", "plain.onnx")]
+    rewritten, plain = (s.run(None, {"input": x})[0] for s in sessions)
+    return rewritten, plain
+
+
+def test_hardsigmoid_runs_as_an_integer_add(tmp_path, monkeypatch) -> None:
+    """hardsigmoid on torch's fixed [0, 1] grid (squeeze-excite gates, and Hardswish's gate) becomes one
+    QLinearAdd in onnxruntime (activation_passes.hardsigmoid_on_integers), where onnxruntime's own
+    quantizer leaves every one a float island; the integers are the float island's."""
+    from qtoolkit.export import activation_passes
+
+    int8, changes, ours, plain = _with_and_without(
+        "mobilenetv3_hardswish_se", tmp_path, monkeypatch, activation_passes, "hardsigmoid_on_integers"
+    )
     gates = plain["HardSigmoid"]
     assert gates >= 5 and changes["hardsigmoids_as_integer_adds"] == gates, (changes, plain)
     assert ours.get("HardSigmoid", 0) == 0 and ours["QLinearAdd"] == plain["QLinearAdd"] + gates, ours
     assert graph_quality(ours)["float_ops"] == graph_quality(plain)["float_ops"] - gates == 0
 
     x = np.random.default_rng(4).standard_normal((16, 3, 32, 32)).astype(np.float32)
-    unfused = [make_session(tmp_path / n, 1, optimization="disabled") for n in ("int8.onnx", "plain.onnx")]
-    rewritten, island = (s.run(None, {"input": x})[0] for s in unfused)
+    rewritten, island = _unfused_outputs(tmp_path, x)
     # same integers but where (x + 3)·256/6 lands within float rounding of a .5: a rare 1-LSB gate step
     assert np.abs(rewritten - island).max() < 0.02 * np.abs(island).max()
     parity = qtoolkit.check_parity(int8, tmp_path / "int8.onnx", [torch.from_numpy(x)])
@@ -222,28 +242,17 @@ def test_global_means_run_as_integer_global_pools(tmp_path, monkeypatch) -> None
     QLinearGlobalAveragePool on the uint8 map; as ReduceMean the whole map was dequantized to float
     (onnxruntime's own quantizer's file too). The same mean: unfused, both files give the same logits."""
     from qtoolkit.export import grid_passes
-    from qtoolkit.runtime.ort import make_session
 
-    model, calibration = _build("efficientnet_mbconv_se_silu")
-    example = calibration[0][:1]
-    config = qtoolkit.StaticQuantConfig(observers=qtoolkit.ObserverSpec(activation="minmax"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        int8 = qtoolkit.quantize_model(
-            model, config, calibration=calibration, example_input=example
-        ).int8_model
-    changes = qtoolkit.export_int8_onnx(int8, example, tmp_path / "int8.onnx")
-    monkeypatch.setattr(grid_passes, "spatial_means_as_global_pools", lambda model: 0)
-    qtoolkit.export_int8_onnx(int8, example, tmp_path / "plain.onnx")
-    ours, plain = optimized_op_counts(tmp_path / "int8.onnx"), optimized_op_counts(tmp_path / "plain.onnx")
+    int8, changes, ours, plain = _with_and_without(
+        "efficientnet_mbconv_se_silu", tmp_path, monkeypatch, grid_passes, "spatial_means_as_global_pools"
+    )
     means = plain["ReduceMean"]
     assert means == 3 and changes["means_as_global_pools"] == means, (changes, plain)  # 2 SE squeezes + head
     assert ours.get("ReduceMean", 0) == 0 and ours["QLinearGlobalAveragePool"] == means, ours
     assert ours["DequantizeLinear"] <= plain["DequantizeLinear"] - means, (ours, plain)
 
     x = np.random.default_rng(6).standard_normal((8, 3, 32, 32)).astype(np.float32)
-    unfused = [make_session(tmp_path / n, 1, optimization="disabled") for n in ("int8.onnx", "plain.onnx")]
-    pooled, reduced = (s.run(None, {"input": x})[0] for s in unfused)
+    pooled, reduced = _unfused_outputs(tmp_path, x)
     np.testing.assert_allclose(pooled, reduced, atol=1e-5)
     parity = qtoolkit.check_parity(int8, tmp_path / "int8.onnx", [torch.from_numpy(x)])
     assert parity["agreement"] >= 0.98, parity

@@ -120,6 +120,12 @@ def test_export_verb_takes_the_quantized_model_or_its_int8_module(tmp_path):
     np.testing.assert_array_equal(_run(tmp_path / "a.onnx", x), _run(tmp_path / "b.onnx", x))
     with pytest.raises(QtkError, match="takes a QuantizedModel or a torch INT8 module"):
         export_int8_onnx("model.pt", x, tmp_path / "c.onnx")
+    from qtoolkit.evaluate.parity import check_parity  # takes either as well
+
+    both = [check_parity(m, tmp_path / "a.onnx", [x]) for m in (quantized, quantized.int8_model)]
+    assert both[0]["max_abs_diff"] == both[1]["max_abs_diff"] and both[0]["agreement"] == both[1]["agreement"]
+    with pytest.raises(QtkError, match="check_parity takes a QuantizedModel or a torch INT8 module"):
+        check_parity("model.pt", tmp_path / "a.onnx", [x])
 
 
 class _StemAndChannelsLastMLP(nn.Module):

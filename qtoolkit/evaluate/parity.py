@@ -17,6 +17,7 @@ import onnx
 import torch
 from torch import nn
 
+from qtoolkit.errors import QtkError
 from qtoolkit.evaluate.metrics import agreement, max_abs_diff, predictions
 from qtoolkit.export import to_reference
 from qtoolkit.runtime.batches import collect_logits
@@ -49,7 +50,8 @@ def check_parity(
     runtime: str = DEFAULT_RUNTIME,
     strict_fp32: bool = False,
 ) -> dict[str, Any]:
-    """Top-1 agreement and max |logit difference| between ``int8_model`` and the ONNX file.
+    """Top-1 agreement and max |logit difference| between ``int8_model`` (what ``quantize_model``
+    returned, or its ``int8_model``) and the ONNX file.
 
     ``batches`` yields model inputs — a tensor, a tuple of tensors (positional inputs, in the ONNX
     model's input order) or a mapping of named tensors — or inputs with their label, ``(inputs,
@@ -58,6 +60,12 @@ def check_parity(
     ``runtime`` (the ONNX runtime's name, version, settings and precision; see
     :func:`qtoolkit.runtime.onnx_runtimes.load_onnx`).
     """
+    if isinstance(getattr(int8_model, "int8_model", None), nn.Module):  # a QuantizedModel, as export takes
+        int8_model = int8_model.int8_model
+    if not isinstance(int8_model, nn.Module):
+        raise QtkError(
+            f"check_parity takes a QuantizedModel or a torch INT8 module, not {type(int8_model).__name__}."
+        )
     if isinstance(batches, torch.Tensor | dict):  # one batch given, not an iterable of batches
         batches = [batches]
     simulated = set(getattr(int8_model, SIMULATED_OPS_ATTR, ()))

@@ -256,3 +256,19 @@ def test_global_means_run_as_integer_global_pools(tmp_path, monkeypatch) -> None
     np.testing.assert_allclose(pooled, reduced, atol=1e-5)
     parity = qtoolkit.check_parity(int8, tmp_path / "int8.onnx", [torch.from_numpy(x)])
     assert parity["agreement"] >= 0.98, parity
+
+
+def test_model_ending_in_a_global_pool_exports(tmp_path) -> None:
+    """A pool that is the graph output stays a ReduceMean (spatial_means_as_global_pools keeps graph
+    outputs as they are; before, the export failed there)."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.AdaptiveAvgPool2d(1)).eval()
+    calibration = [torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = qtoolkit.quantize_model(
+            model, qtoolkit.StaticQuantConfig(), calibration=calibration, example_input=calibration[0][:1]
+        )
+    changes = qtoolkit.export_int8_onnx(quantized, calibration[0][:1], tmp_path / "int8.onnx")
+    assert changes["means_as_global_pools"] == 0
+    parity = qtoolkit.check_parity(quantized, tmp_path / "int8.onnx", calibration)
+    assert parity["agreement"] == 1.0 and parity["max_abs_diff"] < 0.05, parity

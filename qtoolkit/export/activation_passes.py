@@ -44,7 +44,7 @@ def _fixed_output_scale(q: ir.Node) -> float | None:
 
 def _constant_through_dq(graph: ir.Graph, value: float, base: str) -> ir.Node:
     """DequantizeLinear of a one-element uint8 constant that reads exactly ``value``."""
-    stored, zero = (1, 0) if value >= 0 else (0, 1)
+    stored, zero = (0, 1) if value < 0 else (int(value > 0), 0)  # 1·v, (0 − 1)·|v|, or 0
     name = _unique(graph, base)
     data = _initializer(graph, name, np.array(stored, dtype=np.uint8))
     scale = _initializer(graph, f"{name}_scale", np.array(abs(value) or 1.0, dtype=np.float32))

@@ -231,6 +231,8 @@ def spatial_means_as_global_pools(model: ir.Model) -> int:
             or _grid_of(node.inputs[0]) is None
         ):
             continue
+        if node.outputs[0].is_graph_output():
+            continue  # a model ending in the pool: keep the graph output (and its name) as it is
         pool = ir.node("GlobalAveragePool", [node.inputs[0]], name=_unique(graph, f"{node.name}_global_pool"))
         pool.outputs[0].shape, pool.outputs[0].type = node.outputs[0].shape, node.outputs[0].type
         graph.insert_before(node, pool)

@@ -248,7 +248,7 @@ def requantize_passthrough(model: ir.Model) -> int:
 # OpenVINO too; off only for A/B runs.
 LINEAR_TO_GEMM = True
 # Linear read only by float ops (GELU, LayerNorm) as MatMulIntegerToFloat with a float output (linear_passes):
-# convnext_tiny 0.87x onnxruntime's own file at b1 and b8 (from 0.96x / 1.03x); off only for A/B runs.
+# `bench/export_pass_ab.py convnext_tiny --pass linear_float_output` on/off 0.90x b1, 0.85x b8; off only for A/B runs.
 LINEAR_FLOAT_OUTPUT = True
 
 

@@ -99,7 +99,12 @@ def test_smoothed_dynamic_onnx_matches_torch_and_shares_one_mul_per_group(tmp_pa
             got = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0]
             with torch.no_grad():
                 want = quantized.int8_model(inputs).numpy()
-            assert np.abs(got - want).max() < 1e-3 * np.abs(want).max() + 1e-4
+            # Equal up to dynamic quantization's rounding: an input within an ulp of a rounding boundary
+            # (torch's and ORT's GELU differ by an ulp; which ones is CPU-dependent) lands one LSB apart
+            # (on an Intel Xeon: 1 element of 81,920 in row 42, 0.027 at the output, max |logit| 10.6).
+            row_error = np.abs(got - want).max(axis=1)
+            assert (row_error > 1e-3 * np.abs(want).max() + 1e-4).sum() <= 2, row_error
+            assert row_error.max() < 0.01 * np.abs(want).max()
     muls = {}
     for name, path in files.items():
         optimized = tmp_path / f"{name}_ort.onnx"

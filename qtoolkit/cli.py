@@ -61,6 +61,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         ranking=args.ranking,
         rank_batches=args.rank_batches,
         margin_pp=args.margin,
+        judge=args.judge,
     )
     print(summary(report))
     print(f"tuned recipe, final/ artifacts and report.json in {args.out}")
@@ -215,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--margin", type=float, default=0.0, metavar="PP",
         help="judge trials at a drop of at most tolerance - PP on validation, to allow for its sampling "
         "noise (default 0)",
+    )  # fmt: skip
+    tune.add_argument(
+        "--judge", default="accuracy",
+        help="which trial meeting the tolerance wins: accuracy = the first (least change; default), kl = "
+        "run every setting trial and keep the lowest validation KL from FP32 (tells settings apart where "
+        "the tolerance is a handful of validation samples)",
     )  # fmt: skip
     tune.add_argument("--max-trials", type=int, default=20, help="at most this many trials (default 20)")
     tune.add_argument(

@@ -258,6 +258,31 @@ def test_no_trial_meets_the_tolerance_exports_the_best_and_exits_1(tmp_path, cap
     assert not list(out.glob(".qtk-staging-*"))
 
 
+def test_judge_kl_runs_every_setting_and_keeps_the_lowest_validation_kl(tmp_path, capsys):
+    # A 100 pp tolerance: every trial meets it. By accuracy the first (plain) wins and the search
+    # stops; by KL all three setting trials run and the one closest to FP32 on validation wins.
+    recipe = _recipe(tmp_path)
+    out = tmp_path / "out"
+    args = ["tune", str(recipe), "--tolerance", "100", "--max-trials", "4", "--setting-trials", "3"]
+    assert main([*args, "--judge", "kl", "--out", str(out), "--cache", str(tmp_path / "c")]) == 0
+    report = json.loads((out / "report.json").read_text())
+    trials = report["trials"]
+    assert report["judge"] == "kl" and len(trials) == 3 and all(t["meets"] for t in trials)
+    kls = [t["val_kl"] for t in trials]
+    assert all(kl is not None and kl >= 0 for kl in kls) and len(set(kls)) > 1, kls
+    assert report["winner"]["trial"] == kls.index(min(kls)) and report["winner"]["val_kl"] == min(kls)
+    tuned = load_recipe(out / "recipe_tuned.yaml")
+    winner = trials[report["winner"]["trial"]]
+    assert tuned.quantize.bias_correction == winner["settings"]["bias_correction"]
+    md = (out / "report.md").read_text()
+    assert "val KL ×1e4" in md and "judged by kl" in md
+    capsys.readouterr()
+    assert (
+        main(["tune", str(recipe), "--tolerance", "1", "--judge", "loss", "--out", str(tmp_path / "x")]) == 2
+    )
+    assert "--judge" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("goal", [["--tolerance", "-1"], ["--tolerance", "1", "--margin", "-0.5"]])
 def test_bad_tolerance_is_one_line(tmp_path, capsys, goal):
     code = main(["tune", str(_recipe(tmp_path)), *goal, "--out", str(tmp_path / "o")])

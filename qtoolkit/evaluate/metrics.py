@@ -6,6 +6,7 @@ With logits z_i (N, C), predictions p_i = argmax_c z_i[c], labels y_i, and two m
 * max |Δlogit|      = max_{i,c} |z_i(a)[c] − z_i(b)[c]|
 * top-5 overlap     = (1/N) Σ |top5(a_i) ∩ top5(b_i)| / 5
 * logit cosine      = (1/N) Σ a_i·b_i / (‖a_i‖ ‖b_i‖)
+* KL(a ‖ b)         = (1/N) Σ_i Σ_c softmax(a_i)[c] · (log softmax(a_i)[c] − log softmax(b_i)[c])
 * McNemar (exact)   on paired correctness, see :func:`mcnemar`.
 """
 
@@ -28,6 +29,18 @@ def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
     if predicted.shape != labels.shape:
         raise ValueError(f"predictions {predicted.shape} and labels {labels.shape} differ in shape")
     return float(np.mean(predicted == labels)) if labels.size else float("nan")
+
+
+def kl_divergence(reference_logits: np.ndarray, logits: np.ndarray) -> float:
+    """Mean over samples of KL(softmax(reference) ‖ softmax(logits)), in nats (float64)."""
+
+    def log_softmax(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float64).reshape(len(x), -1)
+        x = x - x.max(axis=1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+    log_p, log_q = log_softmax(reference_logits), log_softmax(logits)
+    return float((np.exp(log_p) * (log_p - log_q)).sum(axis=1).mean())
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:

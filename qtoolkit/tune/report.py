@@ -20,16 +20,18 @@ def _setting(settings: dict[str, Any]) -> str:
 def trials_table(report: dict[str, Any]) -> str:
     """Markdown table of every trial, in the order they ran."""
     lines = [
-        "| # | phase | settings | float modules | val acc | drop pp | meets | latency ms (b1) | size MB | s |",
-        "|---:|---|---|---:|---:|---:|---|---:|---:|---:|",
+        "| # | phase | settings | float modules | val acc | drop pp | val KL ×1e4 | meets | latency ms (b1) "
+        "| size MB | s |",
+        "|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for t in report["trials"]:
         drop = "-" if t["drop_pp"] is None else f"{t['drop_pp']:.2f}"
+        kl = "-" if t.get("val_kl") is None else f"{1e4 * t['val_kl']:.2f}"
         status = "yes" if t["meets"] else ("error" if t["error"] else "no")
         last = f" (+{t['float_modules'][-1]})" if t["float_modules"] else ""
         lines.append(
             f"| {t['index']} | {t['phase']} | {_setting(t['settings'])} | {len(t['float_modules'])}{last} "
-            f"| {_pct(t['val_accuracy'])} | {drop} | {status} | {t['latency_ms'] or '-'} "
+            f"| {_pct(t['val_accuracy'])} | {drop} | {kl} | {status} | {t['latency_ms'] or '-'} "
             f"| {t['size_mb'] or '-'} | {t['seconds']} |"
         )
     return "\n".join(lines) + "\n"
@@ -54,7 +56,8 @@ def summary(report: dict[str, Any]) -> str:
         f"## qtk tune: {report['recipe']}\n\n"
         f"{report['message']}.\n\n"
         f"- validation: {val.get('source')}, {val.get('size')} samples, FP32 torch {_pct(val['fp32_torch_accuracy'])}\n"
-        f"- trials: {report['budget']['trials_run']} ({report['budget']['stopped']}), {report.get('seconds', '-')} s\n"
+        f"- trials: {report['budget']['trials_run']} ({report['budget']['stopped']}), {report.get('seconds', '-')} s; "
+        f"judged by {report.get('judge', 'accuracy')}\n"
         f"{ranked}"
         f"- winner: trial {winner['trial']}, {_setting(winner['settings'])}; float modules: {floats}\n"
         f"- test ({test['samples']} samples): FP32 torch {_pct(test['fp32_torch'])}, tuned INT8 ONNX "

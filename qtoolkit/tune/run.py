@@ -92,13 +92,16 @@ def tune(
     ranking: str = "sqnr",
     rank_batches: int = 2,
     margin_pp: float = 0.0,
+    judge: str = "accuracy",
 ) -> dict[str, Any]:
     """Tune ``recipe`` toward an INT8 ONNX validation drop ≤ ``tolerance_pp``; returns report.json's
     content (``report["met"]`` says whether any trial met the tolerance; the best one is exported
     either way). ``ranking`` orders the float fallback (:data:`qtoolkit.tune.sensitivity.RANKINGS`),
     measured on the first ``rank_batches`` validation batches. A trial meets the goal when its
     validation drop is at most ``tolerance_pp − margin_pp``: the margin allows for the validation
-    split being a sample (a drop measured on it carries over to test only within its noise)."""
+    split being a sample (a drop measured on it carries over to test only within its noise).
+    ``judge="kl"``: every setting trial runs, and of those meeting the goal the one with the lowest
+    validation KL from FP32 wins (:mod:`qtoolkit.tune.search`)."""
     settings = TuneSettings(
         tolerance_pp,
         margin_pp=margin_pp,
@@ -109,6 +112,7 @@ def tune(
         setting_trials=setting_trials,
         ranking=ranking,
         sensitivity_batches=rank_batches,
+        judge=judge,
     )
     quant_config(recipe)  # bad settings fail before any work
     candidate_settings(recipe.quantize)  # and so does a method tuning cannot vary
@@ -159,9 +163,10 @@ def _report(
         else ""
     )
     if result.met:
+        kl = f", KL {winner.val_kl:.3g}" if winner.val_kl is not None and settings.judge == "kl" else ""
         message = (
             f"tolerance {goal} met on validation by trial {winner.index} "
-            f"(drop {winner.drop_pp:.2f} pp, {len(winner.float_modules)} modules in float)"
+            f"(drop {winner.drop_pp:.2f} pp{kl}, {len(winner.float_modules)} modules in float)"
         )
     else:
         message = (
@@ -177,6 +182,7 @@ def _report(
         "method": recipe.quantize.method,
         "tolerance_pp": settings.tolerance_pp,
         "margin_pp": settings.margin_pp,
+        "judge": settings.judge,
         "met": result.met,
         "message": message,
         "budget": {
@@ -194,6 +200,7 @@ def _report(
             "float_modules": winner.float_modules,
             "val_accuracy": winner.val_accuracy,
             "drop_pp": winner.drop_pp,
+            "val_kl": winner.val_kl,
         },
         "ranking": result.ranking,
         "trials": [t.to_dict() for t in result.trials],

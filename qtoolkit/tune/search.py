@@ -13,6 +13,11 @@ Order of trials (each judged on the exported INT8 ONNX, validation split; :mod:`
 The search stops at the first trial that meets the tolerance (the least change that does), or when
 the trial or time budget is spent. The winner is that trial; when none meets it, the trial with the
 highest validation accuracy (ties: the earlier, i.e. the smaller change).
+
+``judge="kl"`` changes one thing: the settings phase runs all its trials even after one meets the
+tolerance, and of the trials that meet it the one with the lowest validation KL from FP32 wins
+(ties: the earlier). On a split where a tolerance of a few tenths of a point is a handful of
+samples, plain PTQ often "meets" it by chance; the KL of every logit tells the settings apart.
 """
 
 from __future__ import annotations
@@ -29,12 +34,15 @@ import torch
 from tqdm.auto import tqdm
 
 from qtoolkit.errors import QtkError
+from qtoolkit.evaluate.metrics import accuracy, predictions
 from qtoolkit.quantize.static import resolve_mode
 from qtoolkit.recipe import Recipe
 from qtoolkit.tasks.base import PreparedTask
 from qtoolkit.tune.sensitivity import rank_modules
 from qtoolkit.tune.space import candidate_settings
-from qtoolkit.tune.trial import Trial, run_trial, val_accuracy_torch, with_setting
+from qtoolkit.tune.trial import Trial, run_trial, val_reference, with_setting
+
+JUDGES = ("accuracy", "kl")  # what ranks the trials that meet the tolerance
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class TuneSettings:
     latency_repeats: int = 10  # per-trial batch-1 latency (a ranking figure)
     max_fallback: int | None = None  # at most this many modules in float (None: no limit)
     setting_trials: int | None = None  # trials for plain + settings (None: half the budget, rounded up)
+    judge: str = "accuracy"  # among trials meeting the goal: the first (accuracy) or the lowest val KL (kl)
 
     def __post_init__(self) -> None:
         if self.max_trials < 1:
@@ -67,6 +76,8 @@ class TuneSettings:
             )
         if self.margin_pp < 0:
             raise QtkError(f"--margin must be non-negative percentage points, not {self.margin_pp}")
+        if self.judge not in JUDGES:
+            raise QtkError(f"--judge must be one of {', '.join(JUDGES)}, not {self.judge!r}")
 
     @property
     def threshold_pp(self) -> float:
@@ -87,14 +98,17 @@ class SearchResult:
         return self.winner.meets
 
 
-def _better(a: Trial, b: Trial) -> Trial:
-    """The better of two trials (``a`` is the earlier): meeting the goal, then validation accuracy."""
+def _better(a: Trial, b: Trial, judge: str = "accuracy") -> Trial:
+    """The better of two trials (``a`` is the earlier): meeting the goal, then (both meeting, judge
+    ``kl``) the lower validation KL, else the higher validation accuracy."""
     if b.val_accuracy is None:
         return a
     if a.val_accuracy is None:
         return b
     if a.meets != b.meets:
         return a if a.meets else b
+    if judge == "kl" and a.meets and a.val_kl is not None and b.val_kl is not None:
+        return b if b.val_kl < a.val_kl else a
     return b if b.val_accuracy > a.val_accuracy else a
 
 
@@ -127,15 +141,16 @@ def search(
     # the axes that apply depend on the mode the model resolves to (auto -> eager with QuantStubs)
     section = dataclasses.replace(recipe.quantize, mode=resolve_mode(task.fp32_model, recipe.quantize.mode))
     candidates = candidate_settings(section)
-    fp32_val = val_accuracy_torch(task)
+    reference = val_reference(task)
+    fp32_val = accuracy(predictions(reference.logits["fp32"]), reference.labels)
     budget, trials = _Budget(settings), []
     progress = tqdm(total=settings.max_trials, desc="tune", unit="trial", dynamic_ncols=True)
 
     def attempt(phase: str, setting: dict, floats: list[str]) -> Trial:
         trial = Trial(len(trials), phase, dict(setting), list(floats))
         progress.set_postfix_str(f"{phase} {len(floats)} float" if floats else phase)
-        run_trial(trial, recipe, task, work_dir / f"trial_{trial.index}.onnx", fp32_val,
-                  settings.threshold_pp, cache_dir, settings.latency_repeats)  # fmt: skip
+        run_trial(trial, recipe, task, work_dir / f"trial_{trial.index}.onnx", fp32_val, settings.threshold_pp,
+                  cache_dir, settings.latency_repeats, reference.logits["fp32"])  # fmt: skip
         trials.append(trial)
         budget.used += 1
         progress.update()
@@ -152,10 +167,10 @@ def search(
     try:
         for phase, setting, floats in plan():
             stopped = budget.exhausted()
-            if stopped or (best is not None and best.meets):
+            if stopped or (best is not None and best.meets and settings.judge != "kl"):
                 break
             trial = attempt(phase, setting, floats)
-            best = trial if best is None else _better(best, trial)
+            best = trial if best is None else _better(best, trial, settings.judge)
         if not stopped and best is not None and not best.meets and best.val_accuracy is not None:
             base = best.settings
             progress.set_postfix_str(f"ranking modules ({settings.ranking})")
@@ -170,7 +185,7 @@ def search(
                 if stopped or best.meets:
                     break
                 floats.append(row.module)
-                best = _better(best, attempt("fallback", base, floats))
+                best = _better(best, attempt("fallback", base, floats), settings.judge)
     finally:
         progress.close()
     if best is None or best.val_accuracy is None:

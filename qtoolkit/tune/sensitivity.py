@@ -33,13 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
 from qtoolkit.analyze.layerwise import layerwise_sqnr
 from qtoolkit.configs import quant_config, quant_inputs
 from qtoolkit.errors import QtkError
+from qtoolkit.evaluate.metrics import kl_divergence
 from qtoolkit.quantize.api import quantize
 from qtoolkit.recipe import Recipe
 from qtoolkit.runtime.batches import collect_logits
@@ -97,18 +97,6 @@ def _by_sqnr(recipe: Recipe, task: PreparedTask, cache_dir: Path, sample: list[A
         Ranked(r.module, r.kind, "sqnr_db", r.sqnr_db) for r in layerwise_sqnr(reference, int8_model, sample)
     ]
     return sorted(rows, key=lambda r: (r.value, r.module))
-
-
-def kl_divergence(reference_logits: np.ndarray, logits: np.ndarray) -> float:
-    """Mean over samples of KL(softmax(reference) ‖ softmax(logits)), in nats (float64)."""
-
-    def log_softmax(x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float64).reshape(len(x), -1)
-        x = x - x.max(axis=1, keepdims=True)
-        return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
-
-    log_p, log_q = log_softmax(reference_logits), log_softmax(logits)
-    return float((np.exp(log_p) * (log_p - log_q)).sum(axis=1).mean())
 
 
 def _by_own_effect(recipe: Recipe, task: PreparedTask, cache_dir: Path, sample: list[Any]) -> list[Ranked]:

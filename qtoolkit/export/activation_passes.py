@@ -21,11 +21,6 @@ import onnx_ir as ir
 from qtoolkit.export.qdq_passes import _const, _dequantize_params, _initializer, _unique
 
 
-def _attr(node: ir.Node, name: str, default: float) -> float:
-    attr = node.attributes.get(name)
-    return float(attr.value) if attr is not None else default
-
-
 def _fixed_output_scale(q: ir.Node) -> float | None:
     """The scale of a uint8 QuantizeLinear with zero point 0 whose saturation covers [0, 1], or None."""
     scale = _const(q.inputs[1])
@@ -58,7 +53,7 @@ def hardsigmoid_on_integers(model: ir.Model) -> int:
     for node in list(graph):
         if node.op_type != "HardSigmoid" or node.domain not in ("", "ai.onnx"):
             continue
-        alpha, beta = _attr(node, "alpha", 0.2), _attr(node, "beta", 0.5)
+        alpha, beta = node.attributes.get_float("alpha", 0.2), node.attributes.get_float("beta", 0.5)
         x_params = _dequantize_params(node.inputs[0])
         consumers = list(node.outputs[0].consumers())
         if alpha <= 0 or x_params is None or x_params[0].size != 1 or node.outputs[0].is_graph_output():

@@ -200,8 +200,8 @@ def _reduced_axes(node: ir.Node) -> list[int] | None:
     if len(node.inputs) > 1 and node.inputs[1] is not None:
         axes = _const(node.inputs[1])
         return None if axes is None else [int(a) for a in axes.reshape(-1)]
-    attr = node.attributes.get("axes")
-    return list(attr.as_ints()) if attr is not None else None
+    axes = node.attributes.get_ints("axes")
+    return None if axes is None else list(axes)
 
 
 def spatial_means_as_global_pools(model: ir.Model) -> int:
@@ -217,14 +217,8 @@ def spatial_means_as_global_pools(model: ir.Model) -> int:
     for node in list(graph):
         if node.op_type != "ReduceMean" or node.domain not in ("", "ai.onnx") or not node.inputs:
             continue
-        keepdims = node.attributes.get("keepdims")
         shape, axes = node.inputs[0].shape, _reduced_axes(node)
-        if (
-            (keepdims is not None and keepdims.as_int() == 0)
-            or shape is None
-            or axes is None
-            or len(shape) < 3
-        ):
+        if node.attributes.get_int("keepdims", 1) == 0 or shape is None or axes is None or len(shape) < 3:
             continue
         if (
             sorted(a % len(shape) for a in axes) != list(range(2, len(shape)))

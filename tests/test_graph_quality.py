@@ -272,3 +272,32 @@ def test_model_ending_in_a_global_pool_exports(tmp_path) -> None:
     assert changes["means_as_global_pools"] == 0
     parity = qtoolkit.check_parity(quantized, tmp_path / "int8.onnx", calibration)
     assert parity["agreement"] == 1.0 and parity["max_abs_diff"] < 0.05, parity
+
+
+def test_clip_on_uint8_counts_as_integer_work(tmp_path) -> None:
+    """A Clip that reads a uint8 tensor (a ReLU at the zero point, as densenet's stem keeps it) is
+    counted as ``Clip(int)``, not as a float island; a Clip on a float tensor still is one."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    scalar = {"s": np.float32(0.1), "zp": np.uint8(128), "lo": np.uint8(128), "flo": np.float32(0.0)}
+    inits = [numpy_helper.from_array(np.array(v), k) for k, v in scalar.items()]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"]),
+        helper.make_node("Reshape", ["xq", "shape"], ["xr"]),
+        helper.make_node("Clip", ["xr", "lo"], ["xc"]),  # integer: uint8 in, uint8 out
+        helper.make_node("DequantizeLinear", ["xc", "s", "zp"], ["xd"]),
+        helper.make_node("Clip", ["xd", "flo"], ["y"]),  # float
+    ]
+    inits.append(numpy_helper.from_array(np.array([1, -1], dtype=np.int64), "shape"))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    path = tmp_path / "clip.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+    counts = optimized_op_counts(path)
+    assert counts["Clip(int)"] == 1 and counts["Clip"] == 1, counts
+    assert graph_quality(counts)["float_ops"] == 1

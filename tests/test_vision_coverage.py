@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 import qtoolkit as qtk
+from qtoolkit.evaluate.graph_quality import optimized_op_counts
 from qtoolkit.evaluate.noise_floor import ort_fusion_floor
 from qtoolkit.evaluate.parity import SIMULATION, TORCH_INT8
 from qtoolkit.export import grid_passes, to_reference
@@ -206,6 +207,8 @@ def test_densenet_batchnorm_after_concat_stays_float(tmp_path) -> None:
     # tensor (Clip at zp) after the max-pool. Before: FusedConv + float MaxPool (densenet121 b8 1.13x).
     assert ops["QLinearConv"] == convs and ops["FusedConv"] == 0 and ops["Conv"] == 0
     assert ops["NhwcMaxPool"] == 1 and ops["MaxPool"] == 0 and ops["Clip"] == 1
+    counted = optimized_op_counts(path)  # that Clip reads uint8: integer work, not a float island
+    assert counted["Clip(int)"] == 1 and "Clip" not in counted
     assert ops["QGemm"] == 1
     bn_relu = [n for n in quantized.details["float_ops"] if "BNReLU2d" in n or "BatchNorm" in n]
     assert len(bn_relu) == 2 * 2 + 1 + 1  # norm1 of each dense layer, the transition, norm5

@@ -21,7 +21,7 @@ import qtoolkit as qtk
 from qtoolkit.evaluate.graph_quality import optimized_op_counts
 from qtoolkit.evaluate.noise_floor import ort_fusion_floor
 from qtoolkit.evaluate.parity import SIMULATION, TORCH_INT8
-from qtoolkit.export import grid_passes, to_reference
+from qtoolkit.export import grid_passes, qdq_passes, to_reference
 from qtoolkit.quantize.attention import rewrite_attention
 from qtoolkit.runtime.ort import make_session
 
@@ -42,6 +42,15 @@ def _swin(window: int = 4) -> nn.Module:  # 8x8 map, window 4: the second block 
     return M.SwinTransformer(
         patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=[window, window],
         num_classes=10,
+    )  # fmt: skip
+
+
+def _swin_v2() -> nn.Module:  # Swin V2 blocks: cosine attention, post-norm, CPB-MLP position bias
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformerBlockV2
+
+    return M.SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=[4, 4],
+        num_classes=10, block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2,
     )  # fmt: skip
 
 
@@ -196,6 +205,34 @@ def test_swin_window_attention_runs_in_integer(tmp_path) -> None:
     assert sum("softmax" in name for name in quantized.details["float_ops"]) == 4
     assert ops["QLinearAdd"] == 4 * 2  # both residual Adds of the 4 blocks
     assert _dequantized_reads(tmp_path / "optimized.onnx", "Gather") == 0  # q, k, v picked in int8
+
+
+def test_swin_v2_window_attention_projections_run_in_integer(tmp_path, monkeypatch) -> None:
+    """torchvision's ShiftedWindowAttentionV2 is rewritten too: its qkv/proj Linears and attn·V run as
+    integer kernels (before: one fx.wrap-ed float function, 36 float MatMuls in swin_v2_t); only
+    the scaled cosine scores, the bias Add and softmax stay float."""
+    torch.manual_seed(0)
+    model = _warmed(_swin_v2(), 32)
+    x = _batches(1, seed=7, size=32)[0]
+    rewritten = copy.deepcopy(model)
+    assert len(rewrite_attention(rewritten, x[:1])) == 4  # every block's attention
+    with torch.no_grad():  # the rewrite is the same function in float
+        torch.testing.assert_close(rewritten(x), model(x), atol=1e-5, rtol=1e-4)
+    quantized, path, ops = _export(model, tmp_path)
+    # Post-norm blocks: proj and the second MLP Linear feed a LayerNorm, so they keep a float output
+    # (linear_to_float_output, one rounding earlier than torch's INT8 model, which these LayerNorms
+    # amplify on a random net); without that rule the file is held to torch's INT8 model as usual.
+    assert qtk.check_parity(quantized, path, _batches(4, seed=2))["max_abs_diff"] < 0.05
+    monkeypatch.setattr(qdq_passes, "LINEAR_FLOAT_OUTPUT", False)
+    qtk.export_int8_onnx(quantized, _batches(1, seed=1)[0][:1], tmp_path / "exact.onnx")
+    assert _parity(quantized, tmp_path / "exact.onnx")["max_abs_diff"] < 0.05
+    blocks = 4
+    # per block qkv, proj and 2 MLP Linears, the patch merging, the head: each an integer kernel
+    assert ops["MatMul"] == 0 and ops["Gemm"] == 0
+    assert ops["QGemm"] + ops["MatMulIntegerToFloat"] == blocks * 4 + 1 + 1
+    assert ops["QLinearMatMul"] == blocks  # attn · V
+    assert ops["FusedMatMul"] == blocks and ops["ReduceL2"] == 2 * blocks  # cosine scores, float
+    assert ops["Softmax"] == blocks and ops["Add"] == blocks  # softmax(s + bias [+ mask])
 
 
 def test_densenet_batchnorm_after_concat_stays_float(tmp_path) -> None:

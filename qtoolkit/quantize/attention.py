@@ -18,11 +18,13 @@ grid (``int8_rules.select_on_int8``, as onnxruntime's quantizer keeps them), and
 DequantizeLinear (``grid_passes.fold_scale_into_dequantize``), so ONNX Runtime still fuses
 ``DQ -> Softmax -> Q`` into QLinearSoftmax. Swin modules
 are specialised to the feature-map size they see on the example input (window partition, shift
-mask and padding become constants); the batch size stays free.
+mask and padding become constants); the batch size stays free. Swin V2's cosine attention keeps
+``s = τ · q̂ · k̂ᵀ`` float (the normalisations need float anyway); its projections and ``p @ v`` are INT8.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -40,6 +42,15 @@ def attention_softmax(
 
 
 fx.wrap("attention_softmax")
+
+
+def cosine_attention_scores(q: torch.Tensor, k: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Swin V2's scaled cosine attention: ``τ · (q/‖q‖) · (k/‖k‖)ᵀ`` per head (τ = ``logit_scale``),
+    in float (an FX leaf: the normalised q and k have no fixed range worth an INT8 grid)."""
+    return F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1) * logit_scale
+
+
+fx.wrap("cosine_attention_scores")
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -95,7 +106,14 @@ class QuantizableSelfAttention(nn.Module):
 
 
 class QuantizableWindowAttention(nn.Module):
-    """torchvision's ``ShiftedWindowAttention`` for a fixed (H, W) feature map (any batch size)."""
+    """torchvision's ``ShiftedWindowAttention`` (and ``ShiftedWindowAttentionV2``) for a fixed (H, W)
+    feature map (any batch size).
+
+    V2 differs in three places, all constant at inference: the key's qkv bias is zero (torchvision
+    zeroes it on every call), the scores are scaled cosines (:func:`cosine_attention_scores`, τ =
+    exp(min(logit_scale, ln 100))) instead of q·kᵀ/√d, and the position bias is 16·sigmoid of a small
+    MLP of the relative coordinates; ``get_relative_position_bias`` gives it for both versions.
+    """
 
     float_softmax = True  # softmax(s + bias): Add and Softmax stay float (see __init__)
 
@@ -111,7 +129,15 @@ class QuantizableWindowAttention(nn.Module):
         # no shift when one window covers the map (torchvision's rule)
         self.shift = (0 if wh >= ph else swa.shift_size[0], 0 if ww >= pw else swa.shift_size[1])
         self.scale = (dim // heads) ** -0.5
-        self.qkv = _linear(swa.qkv.weight.detach(), swa.qkv.bias)
+        qkv_bias = swa.qkv.bias
+        logit_scale = getattr(swa, "logit_scale", None)  # Swin V2: cosine attention
+        self.cosine = logit_scale is not None
+        if self.cosine:
+            self.register_buffer("logit_scale", torch.clamp(logit_scale.detach(), max=math.log(100.0)).exp())
+            if qkv_bias is not None:  # torchvision zeroes the key's bias in every V2 forward
+                qkv_bias = qkv_bias.detach().clone()
+                qkv_bias[dim : 2 * dim] = 0.0
+        self.qkv = _linear(swa.qkv.weight.detach(), qkv_bias)
         self.proj = _linear(swa.proj.weight.detach(), swa.proj.bias)
         bias = swa.get_relative_position_bias().detach()  # (1, heads, N, N)
         self.windows = (ph // wh) * (pw // ww)
@@ -147,10 +173,15 @@ class QuantizableWindowAttention(nn.Module):
         x = x.reshape(-1, ph // wh, wh, pw // ww, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, tokens, c)
         qkv = self.qkv(x).reshape(-1, tokens, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        scores = torch.matmul(q, k.transpose(-2, -1))
+        if self.cosine:
+            scores = cosine_attention_scores(q, k, self.logit_scale)
+        else:
+            scores = torch.matmul(q, k.transpose(-2, -1))
         if sh or sw:
             scores = scores.reshape(-1, self.windows, heads, tokens, tokens)
-        if self.float_softmax:
+        if self.cosine:  # already scaled
+            attn = attention_softmax(scores, self.bias)
+        elif self.float_softmax:
             attn = attention_softmax(scores, self.bias, self.scale)
         else:  # the scale is a quantized multiply by a number here (exact on the grid)
             attn = attention_softmax(scores * self.scale + self.bias)
@@ -165,12 +196,12 @@ class QuantizableWindowAttention(nn.Module):
         return x
 
 
-def _swin_window_attention() -> type | None:
+def _swin_window_attentions() -> tuple[type, ...]:
     try:
-        from torchvision.models.swin_transformer import ShiftedWindowAttention
+        from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
     except ImportError:  # torchvision is optional for the toolkit
-        return None
-    return ShiftedWindowAttention
+        return ()
+    return ShiftedWindowAttention, ShiftedWindowAttentionV2
 
 
 # Attention module type -> builder of its quantizable replacement from (module, input shape).
@@ -178,7 +209,7 @@ AttentionBuilder = Callable[[nn.Module, torch.Size], nn.Module]
 ATTENTION_REWRITES: dict[type, AttentionBuilder] = {
     nn.MultiheadAttention: lambda m, shape: QuantizableSelfAttention(m),
 }
-if (_swa := _swin_window_attention()) is not None:  # exact type: the V2 variant has other math
+for _swa in _swin_window_attentions():  # exact types (a subclass may change the math)
     ATTENTION_REWRITES[_swa] = lambda m, shape: QuantizableWindowAttention(m, shape[1], shape[2])
 
 

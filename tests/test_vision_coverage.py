@@ -207,6 +207,7 @@ def test_swin_window_attention_runs_in_integer(tmp_path) -> None:
     assert _dequantized_reads(tmp_path / "optimized.onnx", "Gather") == 0  # q, k, v picked in int8
 
 
+@pytest.mark.slow  # two exports (~18 s); the fast subset keeps the V1 window-attention test
 def test_swin_v2_window_attention_projections_run_in_integer(tmp_path, monkeypatch) -> None:
     """torchvision's ShiftedWindowAttentionV2 is rewritten too: its qkv/proj Linears and attn·V run as
     integer kernels (before: one fx.wrap-ed float function, 36 float MatMuls in swin_v2_t); only

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from qtoolkit.atomic import write_text_atomic
 from qtoolkit.configs import dynamic_config
 from qtoolkit.evaluate.latency import best_of_rounds, interleaved_latency, paired_ratio
+from qtoolkit.evaluate.metrics import kl_divergence
 from qtoolkit.export import export_int8_onnx, export_onnx
 from qtoolkit.paths import default_cache_dir
 from qtoolkit.peers.ort_quantizer import ort_quantize_dynamic
@@ -49,18 +50,12 @@ def _logits(session, batches) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(out), np.concatenate(labels)
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
-
-
 def _scores(logits: np.ndarray, labels: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """Accuracy, agreement with the reference's top-1, mean KL(reference ‖ logits)."""
-    ref, own = _log_softmax(reference), _log_softmax(logits)
     return {
         "accuracy": float((logits.argmax(1) == labels).mean()),
         "agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
-        "kl": float((np.exp(ref) * (ref - own)).sum(1).mean()),
+        "kl": kl_divergence(reference, logits),
     }
 
 

@@ -10,7 +10,8 @@ the test split. α is chosen on validation by the lowest KL: accuracy difference
 are noise there (the INT8 model flips ~2% of predictions either way), the KL of the whole logit
 distribution is not. onnxruntime's ``quantize_dynamic`` of the FP32 ONNX is scored as the peer.
 Latency: FP32 ONNX, each INT8 file and the peer at seq = max length, batch 1 and 8, interleaved
-rounds; a speed-up is the median of per-round ratios. Writes ``OUT/report.json`` and prints a table.
+rounds; a speed-up is the median of per-round ratios, printed with their range (min–max).
+Writes ``OUT/report.json`` and prints a table.
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ def _scores(logits: np.ndarray, labels: np.ndarray, reference: np.ndarray) -> di
         "agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
         "kl": kl_divergence(reference, logits),
     }
+
+
+def _speedup(ratio: dict[str, float] | None) -> str:
+    """Median speed-up and, in brackets, the range of the per-round ratios (this host's timer noise)."""
+    if ratio is None:
+        return "1.00×"
+    return f"{ratio['median']:.2f}× ({ratio['min']:.2f}–{ratio['max']:.2f})"
 
 
 def main() -> None:
@@ -122,11 +130,11 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in files:
         val, test = results[name]["val"], results[name]["test"]
-        speed = [latency[f"batch_{b}"]["speedup_over_fp32"].get(name, {}).get("median", 1.0) for b in (1, 8)]
+        speed = [_speedup(latency[f"batch_{b}"]["speedup_over_fp32"].get(name)) for b in (1, 8)]
         print(
             f"| {name} | {100 * val['accuracy']:.2f}% | {100 * val['agreement']:.2f}% | {1e4 * val['kl']:.2f} "
             f"| {100 * test['accuracy']:.2f}% | {100 * (test['accuracy'] - fp32_test):+.2f} "
-            f"| {100 * test['agreement']:.2f}% | {speed[0]:.2f}× | {speed[1]:.2f}× |"
+            f"| {100 * test['agreement']:.2f}% | {speed[0]} | {speed[1]} |"
         )
     report = {
         "recipe": args.recipe,

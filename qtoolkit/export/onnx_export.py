@@ -124,17 +124,69 @@ def _export(
     tensor_input: bool,
 ) -> tuple[Any, dict[str, dict[int, str]]]:
     """``torch.onnx.export(dynamo=True)`` with dynamic batch (and, with ``sequence``, axis-1) axes;
-    the exporter's program and the named dynamic axes per input. QtkError on failure."""
+    the exporter's program and the named dynamic axes per input. QtkError on failure.
+
+    An axis the model's code fixes (a Python loop over the sequence unrolls for the example's
+    length) is exported again as static, with a warning: the ONNX file would otherwise declare it
+    dynamic and silently compute only the example's steps for any other length."""
     values = list(args) + list(kwargs.values())
     tensor_axes = [_dynamic_axes(v, sequence) if isinstance(v, torch.Tensor) else [] for v in values]
+    images = tensor_input and not sequence  # one image tensor: a declared batch axis
+    program = _dynamo_export(module, args, kwargs, names, tensor_axes, opset, output_names, images)
+    fixed = _specialized_axes(program, len(values), tensor_axes)
+    if fixed:
+        for index, axis in fixed:
+            tensor_axes[index] = [a for a in tensor_axes[index] if a != axis]
+            size = values[index].shape[axis]
+            warnings.warn(
+                f"axis {axis} of input {names[index]!r} is fixed by the model (e.g. a Python loop over it); "
+                f"the ONNX model takes only size {size} there",
+                stacklevel=4,
+            )
+        program = _dynamo_export(module, args, kwargs, names, tensor_axes, opset, output_names, images)
+    axes = {name: {i: _AXIS_NAMES[i] for i in a} for name, a in zip(names, tensor_axes, strict=True)}
+    return program, axes
+
+
+def _specialized_axes(program: Any, count: int, tensor_axes: list[list[int]]) -> list[tuple[int, int]]:
+    """(input index, axis) of each requested dynamic axis that torch.export pinned to one value
+    (its symbol's range is a single size), among the first ``count`` user inputs."""
+    exported = program.exported_program
+    user_inputs = set(exported.graph_signature.user_inputs)
+    placeholders = [n for n in exported.graph.nodes if n.op == "placeholder" and n.name in user_inputs]
+    pinned = []
+    for index, (node, axes) in enumerate(zip(placeholders[:count], tensor_axes, strict=False)):
+        shape = getattr(node.meta.get("val"), "shape", None)
+        for axis in axes:
+            size = shape[axis] if shape is not None and axis < len(shape) else None
+            if isinstance(size, int):
+                pinned.append((index, axis))
+            elif isinstance(size, torch.SymInt):
+                bounds = exported.range_constraints.get(size.node.expr)
+                if bounds is not None and bounds.lower == bounds.upper:
+                    pinned.append((index, axis))
+    return pinned
+
+
+def _dynamo_export(
+    module: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    names: list[str],
+    tensor_axes: list[list[int]],
+    opset: int,
+    output_names: Sequence[str],
+    images: bool,
+) -> Any:
+    """One ``torch.onnx.export(dynamo=True)`` call with ``tensor_axes`` dynamic per input."""
+    values = list(args) + list(kwargs.values())
     values = [
         _grow(v, a) if isinstance(v, torch.Tensor) else v for v, a in zip(values, tensor_axes, strict=True)
     ]
     args, kwargs = tuple(values[: len(args)]), dict(zip(kwargs, values[len(args) :], strict=True))
-    axes = {name: {i: _AXIS_NAMES[i] for i in a} for name, a in zip(names, tensor_axes, strict=True)}
     dims = [{i: torch.export.Dim.AUTO for i in a} or None for a in tensor_axes]
     shapes: Any = tuple(dims[: len(args)]) if not kwargs else dict(zip(names, dims, strict=True))
-    if tensor_input and not sequence:  # images: a declared batch axis
+    if images:
         shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},)
     try:
         with (
@@ -145,7 +197,7 @@ def _export(
         ):
             warnings.simplefilter("ignore")
             logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-            program = torch.onnx.export(
+            return torch.onnx.export(
                 module,
                 args,
                 kwargs=kwargs or None,
@@ -160,7 +212,6 @@ def _export(
     except Exception as error:  # the exporter raises many types; keep its first line
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise QtkError(f"ONNX export of {type(module).__name__} failed: {first_line}") from error
-    return program, axes
 
 
 def trace_to_ir(

@@ -37,6 +37,7 @@ from qtoolkit.errors import QtkError
 from qtoolkit.quantize.api import QuantizedModel, register_quantizer
 from qtoolkit.quantize.attention import rewrite_attention
 from qtoolkit.quantize.base import QuantConfig, set_backend
+from qtoolkit.quantize.recurrent_cells import CELL_REWRITES, rewrite_cells
 from qtoolkit.quantize.smoothing import SmoothedLinear, smooth_linears
 from qtoolkit.quantize.transformer_layers import make_transformers_traceable
 
@@ -59,8 +60,10 @@ class DynamicQuantConfig(QuantConfig):
     include / exclude are fnmatch patterns on module names (``model.named_modules()``), e.g.
     ``exclude=("classifier",)`` keeps the classification head in float, ``("*embeddings*",)`` the
     embeddings. A module is quantized when it is a Linear (with ``embeddings`` an Embedding, with
-    ``recurrent`` an LSTM or GRU), matches some include pattern and no exclude pattern. A selected
-    recurrent module torch cannot quantize (``nn.RNN``, an LSTM with ``proj_size``) is an error.
+    ``recurrent`` an LSTM or GRU), matches some include pattern and no exclude pattern. With
+    ``recurrent``, a selected LSTMCell/GRUCell/RNNCell becomes two Linears (input and hidden state:
+    :mod:`qtoolkit.quantize.recurrent_cells`) quantized as Linears. A selected recurrent module torch
+    cannot quantize (``nn.RNN``, an LSTM with ``proj_size``) is an error.
     """
 
     method: ClassVar[str] = "dynamic"
@@ -76,7 +79,7 @@ class DynamicQuantConfig(QuantConfig):
     recurrent_per_channel: bool = False
     reduce_range: bool = False  # 7-bit activations (torch's default) instead of 8-bit (ORT's)
     embeddings: bool = True  # also quantize nn.Embedding weight-only (uint8 per row)
-    recurrent: bool = True  # also quantize nn.LSTM / nn.GRU (int8 W_ih and W_hh)
+    recurrent: bool = True  # also quantize nn.LSTM / nn.GRU and the cells (int8 W_ih and W_hh)
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     # SmoothQuant migration strength α in [0, 1] (quantize/smoothing.py), None: off. Needs calibration
@@ -148,7 +151,8 @@ def _recurrent_spec(name: str, module: nn.Module, qconfig: Any) -> Any:
         return qconfig
     raise QtkError(
         f"module {name!r} is {type(module).__name__}, a recurrent cell torch's dynamic quantization "
-        f"does not support (only LSTM and GRU); exclude it (exclude=({name!r},)) to keep it float."
+        f"does not support (LSTM and GRU; LSTMCell/GRUCell/RNNCell too, as two Linears); exclude it "
+        f"(exclude=({name!r},)) to keep it float."
     )
 
 
@@ -168,6 +172,7 @@ def cell_reduce_range(module: nn.Module) -> bool:
 
 
 _RECURRENT = (nn.LSTM, nn.GRU, nn.RNN, nn.RNNBase)
+_CELLS = tuple(CELL_REWRITES.values())
 
 
 def _float_attention(
@@ -191,6 +196,9 @@ def _aliases(qmodel: nn.Module, name: str, module: nn.Module) -> tuple[str, ...]
     parent = name.removesuffix(".linear")
     if parent != name and isinstance(qmodel.get_submodule(parent), SmoothedLinear):
         return (name, parent)
+    cell = name.rpartition(".")[0]
+    if cell and type(qmodel.get_submodule(cell)) in _CELLS:  # a rewritten cell's ih / hh
+        return (name, cell)
     return (name, f"{name}.linear") if isinstance(module, nn.Linear) else (name,)
 
 
@@ -225,6 +233,9 @@ def _quantize_dynamic(
     # nn.Transformer* fast paths read Linear .weight tensors (a method once quantized) and cannot
     # be exported: the slow path is the same math
     make_transformers_traceable(qmodel)
+    # LSTM/GRU/RNN cells run quantized cell ops no exporter handles: as two Linears they export
+    if config.recurrent:
+        rewrite_cells(qmodel, config.selects)
     rewritten = rewrite_attention(qmodel, example_input) if isinstance(example_input, torch.Tensor) else {}
     inside_attention = _float_attention(qmodel, rewritten, isinstance(example_input, torch.Tensor))
     smoothing = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -41,6 +42,8 @@ def test_compare_with_ort_on_a_tiny_net(tmp_path) -> None:
     assert (tmp_path / "ort_minmax_int8.onnx").is_file()
 
 
+# full run only (~11 s): the fast subset keeps the zoo's unit tests
+@pytest.mark.slow
 def test_zoo_row_puts_the_kernel_floor_beside_parity() -> None:
     """A tiny ConvNeXt through the zoo: parity and its kernel floor (same file, ORT unfused vs fused)
     on the same inputs, the floor's column in the table, and residual Adds in integer."""

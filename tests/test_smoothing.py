@@ -138,6 +138,8 @@ def test_smoothing_bad_input_is_one_clear_error() -> None:
         DynamicQuantConfig(smoothing=1.5)
 
 
+# full run only (~8 s): the smoothing unit tests stay in the fast subset
+@pytest.mark.slow
 def test_text_recipe_with_smoothing_runs_end_to_end(tmp_path) -> None:
     """`quantize.smoothing` in a recipe: ranges from the train split's head, recorded in the report."""
     pytest.importorskip("transformers")

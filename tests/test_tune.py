@@ -258,6 +258,8 @@ def test_no_trial_meets_the_tolerance_exports_the_best_and_exits_1(tmp_path, cap
     assert not list(out.glob(".qtk-staging-*"))
 
 
+# full run only (~8 s): the other tune tests cover the trial loop in the fast subset
+@pytest.mark.slow
 def test_judge_kl_runs_every_setting_and_keeps_the_lowest_validation_kl(tmp_path, capsys):
     # A 100 pp tolerance: every trial meets it. By accuracy the first (plain) wins and the search
     # stops; by KL all three setting trials run and the one closest to FP32 on validation wins.

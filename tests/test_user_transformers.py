@@ -108,6 +108,8 @@ def test_encoder_layers_quantize_and_export(tmp_path, norm_first: bool, activati
     assert ("GELU" in float_ops or "gelu" in float_ops) == (activation == "gelu")
 
 
+# full run only (~9 s): the encoder-layer tests cover the same rewrite in the fast subset
+@pytest.mark.slow
 def test_encoder_decoder_quantizes_with_cross_attention_float(tmp_path) -> None:
     torch.manual_seed(0)
     quantized, parity, ops = _quantize_and_export(Seq2SeqNet(), tmp_path)

@@ -168,6 +168,8 @@ def test_vit_attention_and_linear_run_in_integer(tmp_path) -> None:
     assert _dequantized_reads(tmp_path / "optimized.onnx", "Gather") == 0
 
 
+# full run only (~9 s): test_vit_attention_and_linear_run_in_integer stays in the fast subset
+@pytest.mark.slow
 def test_vit_q_k_v_share_the_in_projection_grid_and_scale_folds(tmp_path, monkeypatch) -> None:
     quantized, _, ops = _export(_vit(), tmp_path)
     graph = quantized.int8_model.graph

@@ -53,8 +53,11 @@ def cosine_attention_scores(q: torch.Tensor, k: torch.Tensor, logit_scale: torch
 fx.wrap("cosine_attention_scores")
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+def copy_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """An ``nn.Linear`` holding copies of ``weight`` [out, in] and ``bias`` (same device and dtype)."""
+    linear = nn.Linear(
+        weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype
+    )
     with torch.no_grad():
         linear.weight.copy_(weight)
         if bias is not None:
@@ -74,8 +77,8 @@ class QuantizableSelfAttention(nn.Module):
         super().__init__()
         self.embed_dim, self.num_heads, self.batch_first = mha.embed_dim, mha.num_heads, mha.batch_first
         self.scale = (self.embed_dim // self.num_heads) ** -0.5
-        self.qkv = _linear(mha.in_proj_weight.detach(), mha.in_proj_bias)
-        self.out_proj = _linear(mha.out_proj.weight.detach(), mha.out_proj.bias)
+        self.qkv = copy_linear(mha.in_proj_weight.detach(), mha.in_proj_bias)
+        self.out_proj = copy_linear(mha.out_proj.weight.detach(), mha.out_proj.bias)
         self.original = mha
 
     def forward(
@@ -137,8 +140,8 @@ class QuantizableWindowAttention(nn.Module):
             if qkv_bias is not None:  # torchvision zeroes the key's bias in every V2 forward
                 qkv_bias = qkv_bias.detach().clone()
                 qkv_bias[dim : 2 * dim] = 0.0
-        self.qkv = _linear(swa.qkv.weight.detach(), qkv_bias)
-        self.proj = _linear(swa.proj.weight.detach(), swa.proj.bias)
+        self.qkv = copy_linear(swa.qkv.weight.detach(), qkv_bias)
+        self.proj = copy_linear(swa.proj.weight.detach(), swa.proj.bias)
         bias = swa.get_relative_position_bias().detach()  # (1, heads, N, N)
         self.windows = (ph // wh) * (pw // ww)
         if sum(self.shift) > 0:  # (1, windows, heads, N, N): bias plus the shifted-window mask

@@ -22,6 +22,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from qtoolkit.quantize.attention import copy_linear
+
 __all__ = [
     "CELL_REWRITES",
     "QuantizableGRUCell",
@@ -31,26 +33,14 @@ __all__ = [
 ]
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    """An ``nn.Linear`` holding a copy of ``weight`` [out, in] and ``bias``."""
-    linear = nn.Linear(
-        weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype
-    )
-    with torch.no_grad():
-        linear.weight.copy_(weight)
-        if bias is not None:
-            linear.bias.copy_(bias)
-    return linear
-
-
 class _TwoLinearCell(nn.Module):
     """Shared parts: the ``ih``/``hh`` Linears of a cell, and batching of inputs and states."""
 
     def __init__(self, cell: nn.RNNCellBase) -> None:
         super().__init__()
         self.input_size, self.hidden_size = cell.input_size, cell.hidden_size
-        self.ih = _linear(cell.weight_ih, cell.bias_ih if cell.bias else None)
-        self.hh = _linear(cell.weight_hh, cell.bias_hh if cell.bias else None)
+        self.ih = copy_linear(cell.weight_ih, cell.bias_ih if cell.bias else None)
+        self.hh = copy_linear(cell.weight_hh, cell.bias_hh if cell.bias else None)
 
     def _state(self, x: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
         """``state`` as [batch, hidden] (zeros when missing)."""

@@ -301,3 +301,26 @@ def test_clip_on_uint8_counts_as_integer_work(tmp_path) -> None:
     counts = optimized_op_counts(path)
     assert counts["Clip(int)"] == 1 and counts["Clip"] == 1, counts
     assert graph_quality(counts)["float_ops"] == 1
+
+
+def test_scan_bodies_are_counted(tmp_path) -> None:
+    """A dynamic INT8 GRU runs its recurrent GEMM and gates in a Scan body at every step: the
+    counts include them (else a GRU model would look like two integer GEMMs and no gates)."""
+
+    class GRUHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn, self.head = nn.GRU(6, 8, batch_first=True), nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.rnn(x)[0][:, -1])
+
+    torch.manual_seed(0)
+    quantized = qtoolkit.quantize_model(GRUHead().eval(), qtoolkit.DynamicQuantConfig())
+    path = tmp_path / "gru.onnx"
+    qtoolkit.export_int8_onnx(quantized, torch.randn(2, 5, 6), path)
+    counts = optimized_op_counts(path)
+    assert counts["Scan"] == 1
+    # the head, the input projection of all steps (outside) and the recurrent GEMM (in the body)
+    assert counts["DynamicQuantizeMatMul"] + counts.get("MatMulIntegerToFloat", 0) == 3, counts
+    assert counts["Sigmoid"] >= 1 and counts["Tanh"] >= 1, counts  # the gates, in the body

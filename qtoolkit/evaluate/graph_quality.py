@@ -4,7 +4,8 @@ A QDQ file says little by itself: speed depends on which DequantizeLinear -> op 
 groups ORT fuses into integer kernels (QLinearConv, QLinearConcat, QLinearSigmoid, NhwcMaxPool, …)
 and which stay float "islands" (with NCHW<->NHWC Transposes around them, inserted by ORT's layout
 transformer). :func:`optimized_op_counts` saves the graph ORT runs
-(``SessionOptions.optimized_model_filepath``, with qtoolkit's session options) and counts its ops;
+(``SessionOptions.optimized_model_filepath``, with qtoolkit's session options) and counts its ops,
+those of subgraphs (Scan/Loop/If bodies) included;
 :func:`graph_quality` sums them into the three figures compared with onnxruntime's own quantizer.
 A Clip/Relu/MaxPool that reads an integer tensor (a ReLU applied to uint8 at its zero point, as
 densenet's stem keeps it) is integer work and is counted as ``"Clip(int)"`` etc., not as a float op.
@@ -65,14 +66,21 @@ def optimized_op_counts(onnx_path: str | os.PathLike[str], threads: int = 1) -> 
         optimized = Path(tmp) / "optimized.onnx"
         make_session(onnx_path, threads, optimized_model_path=optimized)
         graph = onnx.load(str(optimized), load_external_data=False).graph
+    return dict(sorted(_op_kinds(graph).items()))
+
+
+def _op_kinds(graph: onnx.GraphProto) -> Counter[str]:
+    """Op kinds of ``graph`` and of the subgraphs its nodes run (a GRU's Scan body runs its
+    recurrent integer GEMM and gates at every step: they count as ops of the model)."""
     integer = _integer_values(graph)
-    kinds = (
-        f"{node.op_type}(int)"
-        if node.op_type in _INTEGER_CAPABLE_OPS and node.input[0] in integer
-        else node.op_type
-        for node in graph.node
-    )
-    return dict(sorted(Counter(kinds).items()))
+    kinds: Counter[str] = Counter()
+    for node in graph.node:
+        integer_input = node.op_type in _INTEGER_CAPABLE_OPS and node.input[0] in integer
+        kinds[f"{node.op_type}(int)" if integer_input else node.op_type] += 1
+        for attribute in node.attribute:
+            for body in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                kinds += _op_kinds(body)
+    return kinds
 
 
 def graph_quality(counts: dict[str, int]) -> dict[str, int]:

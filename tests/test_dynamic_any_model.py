@@ -184,3 +184,20 @@ def test_conv1d_front_end_exports_with_a_batch_axis_only(tmp_path: Path) -> None
     assert abs(got - want).max() < 1e-3
     dims = [d.dim_param or d.dim_value for d in onnx.load(path).graph.input[0].type.tensor_type.shape.dim]
     assert dims[1:] == [1, 400] and isinstance(dims[0], str)  # batch dynamic, channels and samples fixed
+
+
+def test_image_batch_keeps_its_channels_static_without_a_warning(tmp_path: Path) -> None:
+    """Axis 1 of a 4-D float input is channels, not a sequence: exported static, and no warning
+    about an axis the model fixes (which a user loop over a sequence axis gets)."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)
+    )
+    quantized = quantize_model(model.eval(), DynamicQuantConfig())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        path = export_int8_onnx(quantized, torch.randn(2, 3, 16, 16), tmp_path / "cnn.onnx").path
+    dims = [d.dim_param or d.dim_value for d in onnx.load(path).graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [3, 16, 16] and isinstance(dims[0], str)

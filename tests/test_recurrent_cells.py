@@ -85,7 +85,9 @@ def test_cell_loop_quantizes_and_exports_integer_steps(
     assert kinds == {"cell.ih": "linear", "cell.hh": "linear", "head": "linear", "embed": "embedding"}
     # the loop unrolls for the example's steps: the step axis must come out static, not a "seq" that
     # would silently run only STEPS steps of a longer input
-    with pytest.warns(UserWarning, match="axis 1 of input 'input_ids' is fixed by the model"):
+    with pytest.warns(
+        UserWarning, match=f"axis 1 of input 'input_ids' is fixed by the model at size {STEPS}"
+    ):
         result = export_int8_onnx(
             quantized, {"input_ids": torch.randint(0, 50, (2, STEPS))}, tmp_path / "m.onnx"
         )

@@ -43,10 +43,11 @@ def _grow(tensor: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
 
 def _dynamic_axes(tensor: torch.Tensor, sequence: bool) -> list[int]:
     """Axes exported as dynamic: the batch (0), and with ``sequence`` axis 1 of token ids/masks
-    (integer, rank ≥ 2) and of float sequences (rank ≥ 3); feature and channel axes stay fixed."""
+    (integer, rank ≥ 2) and of float sequences [batch, time, features] (rank 3); feature and
+    channel axes stay fixed (axis 1 of an image batch is its channels)."""
     if tensor.dim() == 0:
         return []
-    if sequence and tensor.dim() >= 2 and (tensor.dim() >= 3 or not tensor.is_floating_point()):
+    if sequence and tensor.dim() >= 2 and (tensor.dim() == 3 or not tensor.is_floating_point()):
         return [0, 1]
     return [0]
 
@@ -139,8 +140,8 @@ def _export(
             tensor_axes[index] = [a for a in tensor_axes[index] if a != axis]
             size = values[index].shape[axis]
             warnings.warn(
-                f"axis {axis} of input {names[index]!r} is fixed by the model (e.g. a Python loop over it); "
-                f"the ONNX model takes only size {size} there",
+                f"axis {axis} of input {names[index]!r} is fixed by the model at size {size} (e.g. a Python "
+                f"loop over it, or channels): the ONNX model takes only that size there",
                 stacklevel=4,
             )
         program = _dynamo_export(module, args, kwargs, names, tensor_axes, opset, output_names, images)

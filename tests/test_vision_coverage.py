@@ -393,3 +393,34 @@ def test_conv_transpose_stays_float_not_a_crash() -> None:
         model, qtk.StaticQuantConfig(), calibration=data, example_input=data[0][:1]
     )
     assert quantized.details["float_modules"] == ["1 (ConvTranspose2d: no INT8 ONNX export yet)"]
+
+
+@pytest.mark.slow  # two video networks (~15 s)
+@pytest.mark.parametrize("arch", ["r3d_18", "r2plus1d_18"])
+def test_video_classifiers_run_conv3d_in_integer(arch: str, tmp_path) -> None:
+    """torchvision's video classifiers (Conv3d stems and blocks, (2+1)-D factorised convs): every
+    conv an integer QLinearConv in ORT's graph, no float op left, parity with torch INT8."""
+    from torchvision.models import video
+
+    torch.manual_seed(0)
+    model = getattr(video, arch)(num_classes=5)
+    generator = torch.Generator().manual_seed(1)
+    clips = [torch.randn(4, 3, 4, 32, 32, generator=generator) for _ in range(4)]  # [batch, C, T, H, W]
+    with torch.no_grad():  # BatchNorm statistics from random clips, as _warmed does for images
+        model.train()
+        for clip in clips[:2]:
+            model(clip)
+    model.eval()
+    quantized = qtk.quantize_model(
+        model, qtk.StaticQuantConfig(), calibration=clips, example_input=clips[0][:1]
+    )
+    path = tmp_path / "int8.onnx"
+    qtk.export_int8_onnx(quantized, clips[0][:1], path)
+    counts = optimized_op_counts(path)
+    convs = sum(isinstance(m, nn.Conv3d) for m in model.modules())
+    assert counts["QLinearConv"] == convs and counts["QGemm"] == 1, counts
+    assert not {"Conv", "FusedConv", "Gemm", "Add", "Relu"} & set(counts), counts
+    assert counts["DequantizeLinear"] == 1, counts  # the logits only
+    parity = qtk.check_parity(quantized, path, clips)
+    print(f"{arch}: QLinearConv {counts['QLinearConv']}, parity {parity['agreement']:.1%}")
+    assert parity["agreement"] == 1.0 and parity["max_abs_diff"] < 0.01

@@ -215,6 +215,18 @@ def _dynamo_export(
         raise QtkError(f"ONNX export of {type(module).__name__} failed: {first_line}") from error
 
 
+def _reject_projected_lstm(module: nn.Module) -> None:
+    """QtkError for an ``nn.LSTM`` with ``proj_size``: ONNX's LSTM op has no output projection, and
+    torch's exporter writes one anyway, sized for the hidden state, that onnxruntime cannot run."""
+    for name, child in module.named_modules():
+        if isinstance(child, nn.LSTM) and child.proj_size:
+            raise QtkError(
+                f"module {name or type(module).__name__!r} is an LSTM with proj_size={child.proj_size}, which "
+                "has no ONNX form onnxruntime runs (ONNX's LSTM has no output projection); export a model "
+                "whose LSTMs have proj_size=0."
+            )
+
+
 def trace_to_ir(
     module: nn.Module,
     example_input: ExampleInput,
@@ -233,6 +245,7 @@ def trace_to_ir(
     (axis 1 of a 3-D float input may be channels: a Conv1d front end), only the batch axis is dynamic.
     """
     module = module.eval()
+    _reject_projected_lstm(module)
     args, kwargs, names = bind_inputs(module, example_input)
     sequence = sequence or isinstance(example_input, Mapping)
     tensor_input = isinstance(example_input, torch.Tensor)

@@ -140,8 +140,9 @@ def _recurrent_spec(name: str, module: nn.Module, qconfig: Any) -> Any:
     if type(module) in (nn.LSTM, nn.GRU):
         if getattr(module, "proj_size", 0):
             raise QtkError(
-                f"module {name!r} is an LSTM with proj_size={module.proj_size}, which torch's dynamic "
-                f"quantization does not support; exclude it (exclude=({name!r},)) to keep it float."
+                f"module {name!r} is an LSTM with proj_size={module.proj_size}, which neither torch's dynamic "
+                f"quantization nor ONNX's LSTM supports; use proj_size=0 (exclude=({name!r},) keeps it float "
+                "in torch, but the model will not export to ONNX)."
             )
         if not module.bias:
             raise QtkError(

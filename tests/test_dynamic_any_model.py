@@ -205,3 +205,36 @@ def test_image_batch_keeps_its_channels_static_without_a_warning(tmp_path: Path)
         path = export_int8_onnx(quantized, torch.randn(2, 3, 16, 16), tmp_path / "cnn.onnx").path
     dims = [d.dim_param or d.dim_value for d in onnx.load(path).graph.input[0].type.tensor_type.shape.dim]
     assert dims[1:] == [3, 16, 16] and isinstance(dims[0], str)
+
+
+class TokenEncoder(nn.Module):
+    """Token ids → nn.TransformerEncoder (optionally with a padding mask) → mean → Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, input_ids: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(input_ids), src_key_padding_mask=padding_mask).mean(1))
+
+
+def test_attention_rewrite_takes_a_dict_example_and_names_why_masked_calls_stay_float(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = TokenEncoder().eval()
+    ids = torch.randint(0, 50, (3, 7))
+    quantized = quantize_model(model, DynamicQuantConfig(), example_input={"input_ids": ids})
+    kinds = quantized.details["modules"]
+    assert kinds["encoder.layers.0.self_attn.qkv"] == kinds["encoder.layers.0.self_attn.out_proj"] == "linear"
+    path = export_int8_onnx(quantized, {"input_ids": ids}, tmp_path / "enc.onnx").path
+    parity = check_parity(quantized.int8_model, path, [{"input_ids": torch.randint(0, 50, (2, 9))}])
+    assert parity["agreement"] == 1.0 and parity["max_abs_diff"] <= EXACT
+    mask = torch.zeros(3, 7, dtype=torch.bool)
+    mask[1, 5:] = True
+    with pytest.warns(UserWarning, match="covers self-attention called without masks"):
+        masked = quantize_model(
+            model, DynamicQuantConfig(), example_input={"input_ids": ids, "padding_mask": mask}
+        )
+    assert "encoder.layers.0.self_attn.qkv" not in masked.details["modules"]

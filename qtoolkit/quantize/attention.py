@@ -25,7 +25,7 @@ mask and padding become constants); the batch size stays free. Swin V2's cosine 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -216,10 +216,11 @@ for _swa in _swin_window_attentions():  # exact types (a subclass may change the
     ATTENTION_REWRITES[_swa] = lambda m, shape: QuantizableWindowAttention(m, shape[1], shape[2])
 
 
-def rewrite_attention(model: nn.Module, example_input: torch.Tensor) -> dict[str, nn.Module]:
+def rewrite_attention(model: nn.Module, example_input: object) -> dict[str, nn.Module]:
     """Replace attention modules in ``model`` (in place) by quantizable equivalents: name -> new module.
 
-    One forward pass on ``example_input`` records each module's input shape (Swin's window layout
+    One forward pass on ``example_input`` (a tensor, a tuple of positional inputs or a dict of
+    keyword inputs) records each module's input shape (Swin's window layout
     depends on it). MultiheadAttention with ``_qkv_same_embed_dim=False`` or bias_k/v, or called as
     cross-attention or with a mask on ``example_input``, is left alone (float),
     and so is any attention inside a module FX keeps as a leaf (it stays float there, and a leaf's
@@ -252,7 +253,12 @@ def rewrite_attention(model: nn.Module, example_input: torch.Tensor) -> dict[str
     ]
     try:
         with torch.no_grad():
-            model(example_input)
+            if isinstance(example_input, Mapping):
+                model(**example_input)
+            elif isinstance(example_input, tuple):
+                model(*example_input)
+            else:
+                model(example_input)
     finally:
         for hook in hooks:
             hook.remove()

@@ -184,7 +184,11 @@ def _float_attention(
     # a rewritten module keeps its original as ``.original`` (never called): not in use
     in_use = [p[:-1] for p in prefixes if p.removesuffix(".original.") not in rewritten]
     if in_use:
-        hint = "" if had_example else "; pass example_input= to quantize its projections"
+        hint = (
+            "; the rewrite covers self-attention called without masks (key_padding_mask/attn_mask)"
+            if had_example
+            else "; pass example_input= to quantize its projections"
+        )
         warnings.warn(
             f"kept in float (MultiheadAttention, not rewritten): {', '.join(in_use)}{hint}", stacklevel=4
         )
@@ -237,8 +241,8 @@ def _quantize_dynamic(
     # LSTM/GRU/RNN cells run quantized cell ops no exporter handles: as two Linears they export
     if config.recurrent:
         rewrite_cells(qmodel, config.selects)
-    rewritten = rewrite_attention(qmodel, example_input) if isinstance(example_input, torch.Tensor) else {}
-    inside_attention = _float_attention(qmodel, rewritten, isinstance(example_input, torch.Tensor))
+    rewritten = rewrite_attention(qmodel, example_input) if example_input is not None else {}
+    inside_attention = _float_attention(qmodel, rewritten, example_input is not None)
     smoothing = None
     if config.smoothing is not None:
         if not calibration:

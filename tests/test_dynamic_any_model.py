@@ -238,3 +238,32 @@ def test_attention_rewrite_takes_a_dict_example_and_names_why_masked_calls_stay_
             model, DynamicQuantConfig(), example_input={"input_ids": ids, "padding_mask": mask}
         )
     assert "encoder.layers.0.self_attn.qkv" not in masked.details["modules"]
+
+
+class PackedLSTM(nn.Module):
+    """pack_padded_sequence before the LSTM: torch.export cannot trace it (data-dependent sizes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.rnn, self.head = (
+            nn.Embedding(50, 8),
+            nn.LSTM(8, 16, batch_first=True),
+            nn.Linear(16, 2),
+        )
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.embed(input_ids), lengths, batch_first=True, enforce_sorted=False
+        )
+        return self.head(self.rnn(packed)[1][0][-1])
+
+
+def test_failed_export_names_the_root_cause_in_one_plain_line(tmp_path: Path) -> None:
+    from qtoolkit import export_onnx
+
+    example = {"input_ids": torch.randint(0, 50, (3, 7)), "lengths": torch.tensor([7, 5, 2])}
+    with pytest.raises(QtkError, match=r"ONNX export of PackedLSTM failed: TypeError: ") as error:
+        export_onnx(PackedLSTM().eval(), example, tmp_path / "packed.onnx")
+    message = str(error.value)
+    assert "\n" not in message and "\x1b" not in message and "step 1/3" not in message
+    assert not list(tmp_path.iterdir())

@@ -11,6 +11,7 @@ import inspect
 import io
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -210,9 +211,17 @@ def _dynamo_export(
                 external_data=False,
                 verbose=False,
             )
-    except Exception as error:  # the exporter raises many types; keep its first line
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise QtkError(f"ONNX export of {type(module).__name__} failed: {first_line}") from error
+    except Exception as error:  # the exporter raises many types; keep the root cause's first line
+        raise QtkError(f"ONNX export of {type(module).__name__} failed: {_root_cause(error)}") from error
+
+
+def _root_cause(error: BaseException) -> str:
+    """``Type: first line`` of the innermost error of the chain, without terminal colour codes:
+    torch.onnx wraps torch.export's error in a generic "Failed to export … step 1/3" message."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def _reject_projected_lstm(module: nn.Module) -> None:

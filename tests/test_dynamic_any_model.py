@@ -267,3 +267,32 @@ def test_failed_export_names_the_root_cause_in_one_plain_line(tmp_path: Path) ->
     message = str(error.value)
     assert "\n" not in message and "\x1b" not in message and "step 1/3" not in message
     assert not list(tmp_path.iterdir())
+
+
+class DictOutput(nn.Module):
+    """Returns a dict (logits first, then an auxiliary value), as many user models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = nn.Linear(8, 16), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        hidden = torch.relu(self.body(x))
+        return {"logits": self.head(hidden), "energy": hidden.pow(2).mean()}
+
+
+def test_dict_output_model_checks_parity_on_its_first_value(tmp_path: Path) -> None:
+    from qtoolkit import StaticQuantConfig
+
+    torch.manual_seed(0)
+    model = DictOutput().eval()
+    batches = [torch.randn(4, 8) for _ in range(3)]
+    for config, extra in [
+        (DynamicQuantConfig(), {}),
+        (StaticQuantConfig(), {"calibration": batches, "example_input": batches[0][:1]}),
+    ]:
+        quantized = quantize_model(model, config, **extra)
+        path = tmp_path / f"{config.method}.onnx"
+        export_int8_onnx(quantized, batches[0][:1], path)
+        parity = check_parity(quantized, path, batches)
+        assert parity["samples"] == 12 and parity["agreement"] == 1.0, parity

@@ -42,7 +42,8 @@ def to_device(inputs: Any, device: torch.device) -> Any:
 
 def call_model(model: nn.Module, inputs: Any) -> torch.Tensor:
     """Logits of ``model`` on one batch: ``model(x)`` for a tensor, ``model(*x)`` for a tuple,
-    ``model(**x)`` for named inputs (a Hugging Face output's ``.logits``; a tuple's first item)."""
+    ``model(**x)`` for named inputs (a Hugging Face output's ``.logits``; a tuple's first item; a
+    dict's first value, which is the exported ONNX model's first output)."""
     if isinstance(inputs, Mapping):
         output = model(**inputs)
     elif isinstance(inputs, tuple | list):
@@ -51,6 +52,8 @@ def call_model(model: nn.Module, inputs: Any) -> torch.Tensor:
         output = model(inputs)
     if hasattr(output, "logits"):
         return output.logits
+    if isinstance(output, Mapping):
+        return next(iter(output.values()))
     return output[0] if isinstance(output, tuple | list) else output
 
 

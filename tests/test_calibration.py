@@ -63,11 +63,25 @@ def test_reader_protocol_accepts_tuples_and_rewinds():
     assert [b.item() for b in checked_batches(reader)] == [1.0, 0.0]
 
 
-def test_static_ptq_with_several_inputs_is_one_clear_line() -> None:
+def test_static_ptq_with_inputs_that_do_not_fit_is_one_clear_line() -> None:
     import qtoolkit as qtk
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 2)).eval()
     pair = (torch.randn(2, 4), torch.randn(2, 4))
-    with pytest.raises(qtk.QtkError, match="static PTQ takes models with one tensor input") as caught:
+    with pytest.raises(qtk.QtkError, match=r"example inputs do not match Sequential.forward") as caught:
         qtk.quantize_model(model, qtk.StaticQuantConfig(), calibration=[pair], example_input=pair)
-    assert "\n" not in str(caught.value) and "example_input is a tuple" in str(caught.value)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(qtk.QtkError, match="example_input is a list holding str: static PTQ takes") as caught:
+        qtk.quantize_model(model, qtk.StaticQuantConfig(), calibration=[pair], example_input=["a"])
+    assert "\n" not in str(caught.value)
+
+
+def test_reader_splits_several_inputs_from_their_label() -> None:
+    image, features = torch.ones(2, 3), torch.zeros(2, 5)
+    batches = [(image, features, torch.tensor([0, 1]))]
+    (got,) = checked_batches(batches, arity=2)
+    assert isinstance(got, tuple) and len(got) == 2 and got[1].shape == (2, 5)
+    (named,) = checked_batches([({"image": image, "features": features}, torch.tensor([0, 1]))])
+    assert set(named) == {"image", "features"}
+    with pytest.raises(QtkError, match="calibration batch 0 contains NaN"):
+        list(checked_batches([(image, features * float("nan"))], arity=2))

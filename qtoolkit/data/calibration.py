@@ -1,19 +1,19 @@
 """Calibration data: a tiny ``get_next()`` protocol, deterministic subsets and their fingerprints.
 
-Any source plugs in: a reader yields batches (tensors, or tuples whose first item is the input)
-until it returns ``None``; ``rewind()`` starts over. Subsets are class-balanced, drawn with a fixed
-seed from the *train* split, and identified by a sha256 over their indices and bytes, which the
-report records. ``calibration_data/`` ships manifests (indices + sha256) that are verified on load.
+Any source plugs in: a reader yields batches of model inputs (a tensor, a tuple of tensors, a dict
+of named tensors) until it returns ``None``; ``rewind()`` starts over. Subsets are class-balanced,
+drawn with a fixed seed from the *train* split, and identified by a sha256 over their indices and
+bytes, which the report records. ``calibration_data/`` ships manifests (indices + sha256) that are verified on load.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -21,15 +21,18 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from qtoolkit.atomic import write_text_atomic
 from qtoolkit.errors import QtkError
+from qtoolkit.runtime.batches import split_batch
 
 MANIFEST_DIR = Path(__file__).resolve().parents[2] / "calibration_data"
 
 
 @runtime_checkable
 class CalibrationReader(Protocol):
-    """onnxruntime-style calibration source: ``get_next()`` returns a batch, or None when done."""
+    """onnxruntime-style calibration source: ``get_next()`` returns a batch of model inputs (a tensor,
+    a tuple of tensors for a model with several positional inputs, or a dict of named tensors), or
+    None when done."""
 
-    def get_next(self) -> torch.Tensor | None: ...
+    def get_next(self) -> Any: ...
 
     def rewind(self) -> None: ...
 
@@ -37,38 +40,56 @@ class CalibrationReader(Protocol):
 class IterableReader:
     """Adapts a re-iterable of batches (a DataLoader, a list of tensors) to :class:`CalibrationReader`.
 
-    A batch may be a tensor, or a tuple/list whose first element is the model input.
+    A batch is the model's inputs, optionally followed by a label, as
+    :func:`qtoolkit.runtime.batches.split_batch` reads it for a model with ``arity`` positional
+    inputs: ``x`` or ``(x, label)`` for one input, ``(x_1, …, x_k[, label])`` for k, or a dict.
     """
 
-    def __init__(self, batches: Iterable[object]) -> None:
+    def __init__(self, batches: Iterable[object], arity: int = 1) -> None:
         self._batches = batches
+        self._arity = arity
         self._iterator: Iterator[object] | None = None
 
-    def get_next(self) -> torch.Tensor | None:
+    def get_next(self) -> Any:
         if self._iterator is None:
             self._iterator = iter(self._batches)
         batch = next(self._iterator, None)
-        if isinstance(batch, tuple | list):
-            batch = batch[0]
-        return batch
+        return None if batch is None else split_batch(batch, self._arity)[0]
 
     def rewind(self) -> None:
         self._iterator = None
 
 
-def as_reader(source: CalibrationReader | Iterable[object]) -> CalibrationReader:
-    return source if isinstance(source, CalibrationReader) else IterableReader(source)
+def as_reader(source: CalibrationReader | Iterable[object], arity: int = 1) -> CalibrationReader:
+    return source if isinstance(source, CalibrationReader) else IterableReader(source, arity)
 
 
-def checked_batches(source: CalibrationReader | Iterable[object]) -> Iterator[torch.Tensor]:
-    """Yield the batches of ``source``; refuse an empty set and batches with NaN/Inf."""
-    reader = as_reader(source)
+def _as_tensors(inputs: Any) -> Any:
+    """``inputs`` with arrays as tensors, keeping a tuple's or dict's structure."""
+    if isinstance(inputs, Mapping):
+        return {name: _as_tensors(value) for name, value in inputs.items()}
+    if isinstance(inputs, tuple | list):
+        return tuple(_as_tensors(value) for value in inputs)
+    return inputs if isinstance(inputs, torch.Tensor) else torch.as_tensor(np.asarray(inputs))
+
+
+def _tensors(inputs: Any) -> list[torch.Tensor]:
+    if isinstance(inputs, Mapping):
+        return [t for value in inputs.values() for t in _tensors(value)]
+    if isinstance(inputs, tuple | list):
+        return [t for value in inputs for t in _tensors(value)]
+    return [inputs]
+
+
+def checked_batches(source: CalibrationReader | Iterable[object], arity: int = 1) -> Iterator[Any]:
+    """Yield the model inputs of every batch of ``source`` (see :class:`IterableReader`), as tensors;
+    refuse an empty set and batches with NaN/Inf."""
+    reader = as_reader(source, arity)
     reader.rewind()
     count = 0
     while (batch := reader.get_next()) is not None:
-        if not isinstance(batch, torch.Tensor):
-            batch = torch.as_tensor(np.asarray(batch))
-        if batch.is_floating_point() and not torch.isfinite(batch).all():
+        batch = _as_tensors(batch)
+        if any(t.is_floating_point() and not torch.isfinite(t).all() for t in _tensors(batch)):
             raise QtkError(
                 f"calibration batch {count} contains NaN or Inf values; clean or normalise the calibration data"
             )

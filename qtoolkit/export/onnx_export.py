@@ -31,7 +31,7 @@ DEFAULT_OPSET = 21  # opset 21 has INT4 QuantizeLinear and per-axis DQ everywher
 _TWO_GB = 2**31 - 1
 _AXIS_NAMES = ("batch", "seq")
 
-ExampleInput = torch.Tensor | Mapping[str, torch.Tensor]
+ExampleInput = torch.Tensor | tuple[torch.Tensor, ...] | Mapping[str, torch.Tensor]
 
 
 def _grow(tensor: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:

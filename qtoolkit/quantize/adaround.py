@@ -28,6 +28,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,8 @@ from tqdm.auto import tqdm
 from qtoolkit.errors import QtkError
 from qtoolkit.quantize.algorithms import PassContext, register_pass
 from qtoolkit.quantize.qconfig import PER_CHANNEL_SCHEMES
+from qtoolkit.runtime.batches import first_rows, row_count
+from qtoolkit.runtime.torch_runner import call_model
 
 _ZETA, _GAMMA = 1.1, -0.1
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
@@ -78,7 +81,7 @@ class _Stop(Exception):
     """Raised by the capture hook: nothing after the layer is needed."""
 
 
-def _layer_inputs(model: nn.Module, module: nn.Module, batches: list[torch.Tensor]) -> torch.Tensor:
+def _layer_inputs(model: nn.Module, module: nn.Module, batches: list[Any]) -> torch.Tensor:
     """``module``'s input on ``batches`` (the forward pass stops at the layer)."""
     captured: list[torch.Tensor] = []
 
@@ -90,7 +93,7 @@ def _layer_inputs(model: nn.Module, module: nn.Module, batches: list[torch.Tenso
     try:
         for batch in batches:
             with contextlib.suppress(_Stop):
-                model(batch)
+                call_model(model, batch)
     finally:
         handle.remove()
     return torch.cat(captured)
@@ -157,8 +160,8 @@ def adaround(gm: fx.GraphModule, context: PassContext, config: object) -> list[s
         )
     images, batches = 0, []
     for batch in context.batches:
-        batches.append(batch[: settings.samples - images])
-        images += len(batches[-1])
+        batches.append(first_rows(batch, settings.samples - images))
+        images += row_count(batches[-1])
         if images >= settings.samples:
             break
     generator = torch.Generator().manual_seed(settings.seed)

@@ -60,7 +60,7 @@ def fixed_scale_qconfig(qconfig: tq.QConfig, scale: torch.Tensor) -> tq.QConfig:
 class PassContext:
     """What the passes share: calibration batches, the qconfig, fixed scales AdaRound chose."""
 
-    batches: list[torch.Tensor]
+    batches: list[Any]  # model inputs: tensors, or tuples/dicts of them for several inputs
     qconfig: tq.QConfig
     skip: tuple[str, ...] = ()
     fixed_scales: dict[str, torch.Tensor] = field(default_factory=dict)  # module name -> per-channel s
@@ -132,17 +132,17 @@ def fold_batchnorm(model: nn.Module) -> fx.GraphModule:
     return fuse(model.eval(), inplace=False)
 
 
-def materialize(calibration: Iterable[object], limit: int | None = None) -> list[torch.Tensor]:
-    return list(itertools.islice(checked_batches(calibration), limit))
+def materialize(calibration: Iterable[object], limit: int | None = None, arity: int = 1) -> list[Any]:
+    return list(itertools.islice(checked_batches(calibration, arity), limit))
 
 
 def run_passes(
-    model: nn.Module, config: Any, calibration: Iterable[object], qconfig: tq.QConfig
+    model: nn.Module, config: Any, calibration: Iterable[object], qconfig: tq.QConfig, arity: int = 1
 ) -> tuple[fx.GraphModule, PassContext]:
     """Fold BN, then run every enabled pass in registry order; the context holds what they did."""
     names = enabled_passes(config)
     folded = fold_batchnorm(model)
-    context = PassContext(materialize(calibration), qconfig, tuple(config.skip_modules))
+    context = PassContext(materialize(calibration, arity=arity), qconfig, tuple(config.skip_modules))
     with torch.no_grad():
         for name in names:
             context.log[name] = PASSES[name].apply(folded, context, config)

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from qtoolkit.errors import QtkError
@@ -92,7 +91,7 @@ def quantize(model: nn.Module, config: QuantConfig, **inputs: Any) -> QuantizedM
 
 @register_quantizer(StaticQuantConfig)
 def _static(
-    model: nn.Module, config: StaticQuantConfig, *, calibration: Any, example_input: torch.Tensor
+    model: nn.Module, config: StaticQuantConfig, *, calibration: Any, example_input: Any
 ) -> QuantizedModel:
     result = quantize_static(model, config, calibration, example_input)
     details = {
@@ -100,5 +99,11 @@ def _static(
         "calibration_batches": result.calibration_batches,
         "float_modules": result.float_modules,
         "float_ops": result.float_ops,  # quantized by torch, float between DQ and Q in the ONNX graph
+        # what each post-training algorithm changed (layers equalized, learned-rounded, bias-corrected)
+        "algorithms": {
+            name.removeprefix("algorithm_"): layers
+            for name, layers in result.rules.items()
+            if name.startswith("algorithm_")
+        },
     }
     return QuantizedModel(result.int8_model, "static", details)

@@ -25,11 +25,13 @@ mask and padding become constants); the batch size stays free. Swin V2's cosine 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+
+from qtoolkit.runtime.torch_runner import call_model
 
 
 def attention_softmax(
@@ -253,12 +255,7 @@ def rewrite_attention(model: nn.Module, example_input: object) -> dict[str, nn.M
     ]
     try:
         with torch.no_grad():
-            if isinstance(example_input, Mapping):
-                model(**example_input)
-            elif isinstance(example_input, tuple):
-                model(*example_input)
-            else:
-                model(example_input)
+            call_model(model, example_input)
     finally:
         for hook in hooks:
             hook.remove()

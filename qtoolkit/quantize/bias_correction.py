@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from qtoolkit.quantize.algorithms import PassContext, register_pass
+from qtoolkit.runtime.torch_runner import call_model
 
 _FUNCTIONS = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
 
@@ -58,7 +59,7 @@ def mean_shift(model: nn.Module, context: PassContext) -> dict[str, torch.Tensor
     try:
         with torch.no_grad():
             for batch in context.batches:
-                model(batch)
+                call_model(model, batch)
     finally:
         for handle in handles:
             handle.remove()

@@ -21,11 +21,13 @@ in the calibrated range).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import fx, nn
 
 from qtoolkit.quantize.algorithms import PassContext, register_pass
+from qtoolkit.runtime.torch_runner import call_model
 
 # Modules between the two convs that commute with a positive per-channel scale: name -> clamp top.
 _PASSTHROUGH: dict[type[nn.Module], object] = {
@@ -74,9 +76,7 @@ def find_pairs(gm: fx.GraphModule, context: PassContext) -> list[tuple[str, str,
     return pairs
 
 
-def _preactivation_max(
-    gm: fx.GraphModule, names: list[str], batches: list[torch.Tensor]
-) -> dict[str, torch.Tensor]:
+def _preactivation_max(gm: fx.GraphModule, names: list[str], batches: list[Any]) -> dict[str, torch.Tensor]:
     """Per-channel maximum of each named conv's output over the calibration batches."""
     maxima: dict[str, torch.Tensor] = {}
 
@@ -91,7 +91,7 @@ def _preactivation_max(
     handles = [gm.get_submodule(n).register_forward_hook(hook(n)) for n in names]
     try:
         for batch in batches:
-            gm(batch)
+            call_model(gm, batch)
     finally:
         for handle in handles:
             handle.remove()

@@ -12,31 +12,33 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
 
 from qtoolkit.errors import QtkError
+from qtoolkit.runtime.torch_runner import call_model
 
 # Engines whose kernels are verified on every quantization (x86/fbgemm are the reference path).
 CHECKED_BACKENDS = frozenset({"qnnpack"})
 MIN_SQNR_DB = 15.0
 
 
-def kernel_sqnr_db(int8_model: nn.Module, batch: torch.Tensor) -> float:
+def kernel_sqnr_db(int8_model: nn.Module, batch: Any) -> float:
     """SQNR (dB) of ``int8_model``'s output against its QDQ float simulation on ``batch``."""
     from qtoolkit.export.reference import to_reference
 
     with torch.no_grad():
-        expected = to_reference(int8_model)(batch).float()
-        got = int8_model(batch).float()
+        expected = call_model(to_reference(int8_model), batch).float()
+        got = call_model(int8_model, batch).float()
     noise = float(((got - expected).double() ** 2).sum())
     signal = float((expected.double() ** 2).sum())
     return math.inf if noise == 0.0 else 10.0 * math.log10(max(signal, 1e-30) / noise)
 
 
 def verify_int8_kernels(
-    int8_model: nn.Module, batch: torch.Tensor, backend: str, min_sqnr_db: float = MIN_SQNR_DB
+    int8_model: nn.Module, batch: Any, backend: str, min_sqnr_db: float = MIN_SQNR_DB
 ) -> float | None:
     """Raise QtkError when ``backend``'s kernels disagree with the simulation; None if unchecked."""
     if backend not in CHECKED_BACKENDS:

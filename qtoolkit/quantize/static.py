@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from qtoolkit.data.calibration import CalibrationReader, checked_batches
 from qtoolkit.errors import QtkError
+from qtoolkit.export.onnx_export import ExampleInput, bind_inputs
 from qtoolkit.quantize.adaround import AdaRoundConfig
 from qtoolkit.quantize.algorithms import enabled_passes, fixed_scale_qconfig, run_passes
 from qtoolkit.quantize.attention import rewrite_attention
@@ -47,6 +48,8 @@ from qtoolkit.quantize.kernel_check import verify_int8_kernels
 from qtoolkit.quantize.qconfig import ObserverSpec, build_qconfig, prelu_qconfig
 from qtoolkit.quantize.traceability import fx_error_message
 from qtoolkit.quantize.transformer_layers import make_transformers_traceable
+from qtoolkit.runtime.batches import first_rows
+from qtoolkit.runtime.torch_runner import call_model
 
 # Float modules that FX/eager leave unquantized for a reason other than "unsupported": they either
 # carry no arithmetic or run fine on the integer grid of their input.
@@ -116,11 +119,12 @@ def resolve_mode(model: nn.Module, mode: str) -> str:
     return mode
 
 
-def _calibrate(prepared: nn.Module, calibration: CalibrationReader | Iterable[object]) -> int:
+def _calibrate(prepared: nn.Module, calibration: CalibrationReader | Iterable[object], arity: int) -> int:
     count = 0
+    batches = checked_batches(calibration, arity)
     with torch.no_grad():
-        for batch in tqdm(checked_batches(calibration), desc="calibrate", unit="batch", leave=False):
-            prepared(batch)
+        for batch in tqdm(batches, desc="calibrate", unit="batch", leave=False):
+            call_model(prepared, batch)
             count += 1
     return count
 
@@ -163,7 +167,7 @@ def _prepare_fx(
     model: nn.Module,
     qconfig: tq.QConfig,
     config: StaticQuantConfig,
-    example: torch.Tensor,
+    example: ExampleInput,
     rules: dict[str, list[str]],
     pool_observers: dict[str, nn.Module],
     calibration: CalibrationReader | Iterable[object],
@@ -171,6 +175,8 @@ def _prepare_fx(
     from torch.ao.quantization.quantize_fx import prepare_fx
 
     skip = config.skip_modules
+    args, kwargs, _ = bind_inputs(model, example)  # one clear line when they do not fit forward
+    examples = (*args, *kwargs.values())  # prepare_fx's example_inputs (FX traces every parameter)
 
     # canonicalize makes PReLU float (canonical.float_prelus); without it, torch's own PReLU
     mapping = tq.QConfigMapping().set_global(qconfig).set_object_type(nn.PReLU, prelu_qconfig(qconfig))
@@ -191,12 +197,12 @@ def _prepare_fx(
     except Exception as error:  # symbolic tracing raises many types
         raise QtkError(fx_error_message(original, error)) from error
     if enabled_passes(config):  # equalization, learned rounding, bias correction on the float model
-        model, context = run_passes(model, config, calibration, qconfig)
+        model, context = run_passes(model, config, calibration, qconfig, _arity(example))
         rules.update({f"algorithm_{name}": list(done) for name, done in context.log.items()})
         for name, scale in context.fixed_scales.items():  # AdaRound's grid: convert must keep it
             mapping.set_module_name(name, fixed_scale_qconfig(qconfig, scale))
     try:
-        prepared = prepare_fx(model, mapping, example_inputs=(example,), backend_config=backend_config())
+        prepared = prepare_fx(model, mapping, example_inputs=examples, backend_config=backend_config())
         if config.clamp_aware:
             rules["clamp_aware_observers"] = clamp_aware_observers(prepared)
         if config.pool_own_qparams:
@@ -204,6 +210,27 @@ def _prepare_fx(
         return prepared, kept
     except Exception as error:  # symbolic tracing raises many types
         raise QtkError(fx_error_message(original, error)) from error
+
+
+def _check_example(example_input: object) -> None:
+    """One clear line unless ``example_input`` is a tensor, a tuple of tensors or a dict of them."""
+    if isinstance(example_input, Mapping):
+        values = list(example_input.values())
+    elif isinstance(example_input, tuple | list):
+        values = list(example_input)
+    else:
+        values = [example_input]
+    if not values or not all(isinstance(v, torch.Tensor) for v in values):
+        raise QtkError(
+            f"example_input is a {type(example_input).__name__} holding "
+            f"{', '.join(sorted({type(v).__name__ for v in values})) or 'nothing'}: static PTQ takes a "
+            "tensor, a tuple of tensors (forward's positional inputs) or a dict of named tensors"
+        )
+
+
+def _arity(example_input: ExampleInput) -> int:
+    """Positional inputs the model takes (what a calibration batch's tuple holds before its label)."""
+    return len(example_input) if isinstance(example_input, tuple | list) else 1
 
 
 def _float_leftovers(int8_model: nn.Module) -> list[str]:
@@ -229,18 +256,18 @@ def quantize_static(
     model: nn.Module,
     config: StaticQuantConfig,
     calibration: CalibrationReader | Iterable[object],
-    example_input: torch.Tensor,
+    example_input: ExampleInput,
     keep_observed: bool = False,
 ) -> StaticQuantResult:
     """Fuse, observe ``calibration`` batches, convert. ``model`` itself is not modified.
 
-    ``keep_observed`` also returns the calibrated float model (observers in place) for diagnostics.
+    ``example_input`` is a tensor, a tuple of tensors (forward's positional inputs) or a dict of named
+    tensors; calibration batches carry the inputs the same way, optionally followed by a label
+    (:class:`~qtoolkit.data.calibration.IterableReader`). ``keep_observed`` also returns the
+    calibrated float model (observers in place) for diagnostics.
     """
-    if not isinstance(example_input, torch.Tensor):
-        raise QtkError(
-            f"example_input is a {type(example_input).__name__}: static PTQ takes models with one tensor input; "
-            "wrap the model so forward takes one tensor, or use DynamicQuantConfig (Linear/LSTM/GRU)"
-        )
+    _check_example(example_input)
+    arity = _arity(example_input)
     set_backend(config.backend)
     qconfig = build_qconfig(config.observers)
     mode = resolve_mode(model, config.mode)
@@ -255,12 +282,16 @@ def quantize_static(
                 f"{', '.join(enabled_passes(config))} run in FX mode only; set mode: fx (quantize.mode)"
             )
         if mode == "eager":
+            if arity > 1 or isinstance(example_input, Mapping):
+                raise QtkError(
+                    "eager mode (QuantStubs) takes one tensor input; set mode: fx for several inputs"
+                )
             prepared, kept = _prepare_eager(model, qconfig, config.skip_modules), []
         else:
             prepared, kept = _prepare_fx(
                 model, qconfig, config, example_input, rules, pool_observers, calibration
             )
-        batches = _calibrate(prepared, calibration)
+        batches = _calibrate(prepared, calibration, arity)
         observed = copy.deepcopy(prepared) if keep_observed else None
         if mode == "eager":
             int8_model = tq.convert(prepared, inplace=True)
@@ -273,8 +304,8 @@ def quantize_static(
             rules["pool_own_qparams"] = requantize_pools(int8_model, pool_observers)
             if config.int8_rules:
                 rules.update(apply_int8_rules(int8_model))
-    first = next(iter(checked_batches(calibration)))
-    verify_int8_kernels(int8_model.eval(), first[:4], config.backend)  # refuses broken engines
+    first = next(iter(checked_batches(calibration, arity)))
+    verify_int8_kernels(int8_model.eval(), first_rows(first, 4), config.backend)  # refuses broken engines
     on_int8 = modules_on_int8(int8_model)  # e.g. nn.Sigmoid applied to a quantized tensor
     leftovers = sorted(
         set(kept)

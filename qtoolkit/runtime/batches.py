@@ -86,3 +86,21 @@ def collect_logits(
 def logits_of(run: Runner, batches: Iterable[Any], *, arity: int = 1, progress: bool = False) -> np.ndarray:
     """Logits (N, C) of one runner over ``batches``, concatenated in order."""
     return collect_logits({"logits": run}, batches, arity=arity, progress=progress).logits["logits"]
+
+
+def first_rows(inputs: Any, count: int) -> Any:
+    """The first ``count`` samples of model inputs (a tensor or array, a tuple or a mapping of them)."""
+    if isinstance(inputs, Mapping):
+        return {name: first_rows(value, count) for name, value in inputs.items()}
+    if isinstance(inputs, tuple | list):
+        return tuple(first_rows(value, count) for value in inputs)
+    return inputs[:count]
+
+
+def row_count(inputs: Any) -> int:
+    """Samples in model inputs: the length of the first tensor (a tuple's first, a mapping's first value)."""
+    if isinstance(inputs, Mapping):
+        return row_count(next(iter(inputs.values())))
+    if isinstance(inputs, tuple | list):
+        return row_count(inputs[0])
+    return len(inputs)

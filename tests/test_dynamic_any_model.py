@@ -105,32 +105,39 @@ def test_no_quantizable_module_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("rnn", "message"),
-    [
-        (nn.RNN(4, 8), "is RNN, a recurrent cell torch's dynamic quantization does not support"),
-        (nn.LSTM(4, 8, proj_size=3), "LSTM with proj_size=3"),
-        (nn.GRU(4, 8, bias=False), "GRU without bias"),
-    ],
+    ("rnn", "kept"),
+    [(nn.RNN(4, 8), "rnn (RNN)"), (nn.GRU(4, 8, bias=False), "rnn (GRU without bias)")],
 )
-def test_unsupported_recurrent_cell_is_one_line(rnn: nn.Module, message: str, tmp_path: Path) -> None:
-    model = nn.Sequential(rnn)
-    with pytest.raises(QtkError, match=message) as error:
-        quantize_model(model, DynamicQuantConfig())
-    assert "exclude=('0',)" in str(error.value) and "\n" not in str(error.value)
-    # the way out: the cell stays float, the rest is INT8, and the model still exports with parity
-    last_step = LastStep(rnn, nn.Linear(getattr(rnn, "proj_size", 0) or rnn.hidden_size, 2)).eval()
-    quantized = quantize_model(last_step, DynamicQuantConfig(exclude=("rnn",)))
+def test_recurrent_module_torch_cannot_quantize_stays_float(
+    rnn: nn.Module, kept: str, tmp_path: Path
+) -> None:
+    """As in onnxruntime's quantize_dynamic: the module stays float, named in one warning and in the
+    details; the rest of the model is INT8 and exports with exact parity."""
+    last_step = LastStep(rnn, nn.Linear(rnn.hidden_size, 2)).eval()
+    with pytest.warns(UserWarning, match="kept in float") as caught:
+        quantized = quantize_model(last_step, DynamicQuantConfig())
+    said = [str(w.message) for w in caught if "kept in float" in str(w.message)]
+    assert len(said) == 1 and kept in said[0] and "\n" not in said[0]
     assert quantized.details["modules"] == {"head": "linear"}
+    assert quantized.details["float_modules"] == [kept]
     x = torch.randn(5, 2, 4)
-    if getattr(rnn, "proj_size", 0):
-        # no ONNX form (torch's exporter would write a file onnxruntime cannot run): one line, no file
-        with pytest.raises(QtkError, match="no ONNX form") as error:
-            export_int8_onnx(quantized, x, tmp_path / "way_out.onnx")
-        assert "\n" not in str(error.value) and not list(tmp_path.iterdir())
-        return
-    export_int8_onnx(quantized, x, tmp_path / "way_out.onnx")
-    parity = check_parity(quantized.int8_model, tmp_path / "way_out.onnx", [x])
+    export_int8_onnx(quantized, x, tmp_path / "int8.onnx")
+    parity = check_parity(quantized.int8_model, tmp_path / "int8.onnx", [x])
     assert parity["agreement"] == 1.0 and parity["max_abs_diff"] <= EXACT
+    excluded = quantize_model(last_step, DynamicQuantConfig(exclude=("rnn",)))  # excluded: nothing to say
+    assert excluded.details["float_modules"] == []
+
+
+def test_projected_lstm_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(QtkError, match="LSTM with proj_size=3") as error:
+        quantize_model(nn.Sequential(nn.LSTM(4, 8, proj_size=3)), DynamicQuantConfig())
+    assert "exclude=('0',)" in str(error.value) and "\n" not in str(error.value)
+    # kept float in torch, the export still refuses it: no ONNX form onnxruntime runs, one line, no file
+    last_step = LastStep(nn.LSTM(4, 8, proj_size=3), nn.Linear(3, 2)).eval()
+    quantized = quantize_model(last_step, DynamicQuantConfig(exclude=("rnn",)))
+    with pytest.raises(QtkError, match="no ONNX form") as error:
+        export_int8_onnx(quantized, torch.randn(5, 2, 4), tmp_path / "way_out.onnx")
+    assert "\n" not in str(error.value) and not list(tmp_path.iterdir())
 
 
 class LastStep(nn.Module):

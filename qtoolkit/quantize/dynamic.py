@@ -63,7 +63,8 @@ class DynamicQuantConfig(QuantConfig):
     ``recurrent`` an LSTM or GRU), matches some include pattern and no exclude pattern. With
     ``recurrent``, a selected LSTMCell/GRUCell/RNNCell becomes two Linears (input and hidden state:
     :mod:`qtoolkit.quantize.recurrent_cells`) quantized as Linears. A selected recurrent module torch
-    cannot quantize (``nn.RNN``, an LSTM with ``proj_size``) is an error.
+    cannot quantize (``nn.RNN``, an LSTM/GRU without bias) stays float, named in a warning and in
+    ``details["float_modules"]``; an LSTM with ``proj_size`` is an error (no runnable ONNX form).
     """
 
     method: ClassVar[str] = "dynamic"
@@ -135,8 +136,10 @@ def _qconfigs(config: DynamicQuantConfig) -> tuple[Any, Any, Any]:
     )
 
 
-def _recurrent_spec(name: str, module: nn.Module, qconfig: Any) -> Any:
-    """The qconfig for a selected recurrent module, or a QtkError for one torch cannot quantize."""
+def _recurrent_spec(name: str, module: nn.Module, qconfig: Any) -> tuple[Any, str | None]:
+    """(qconfig, None) for a recurrent module torch can quantize; (None, why) for one it cannot, which
+    stays float (named in a warning, as ORT's quantize_dynamic leaves it float); QtkError for an LSTM
+    with ``proj_size``, which no exporter writes as a runnable ONNX model."""
     if type(module) in (nn.LSTM, nn.GRU):
         if getattr(module, "proj_size", 0):
             raise QtkError(
@@ -145,16 +148,9 @@ def _recurrent_spec(name: str, module: nn.Module, qconfig: Any) -> Any:
                 "in torch, but the model will not export to ONNX)."
             )
         if not module.bias:
-            raise QtkError(
-                f"module {name!r} is a {type(module).__name__} without bias, which torch's dynamic "
-                f"quantization does not support; exclude it (exclude=({name!r},)) to keep it float."
-            )
-        return qconfig
-    raise QtkError(
-        f"module {name!r} is {type(module).__name__}, a recurrent cell torch's dynamic quantization "
-        f"does not support (LSTM and GRU; LSTMCell/GRUCell/RNNCell too, as two Linears); exclude it "
-        f"(exclude=({name!r},)) to keep it float."
-    )
+            return None, f"{name} ({type(module).__name__} without bias)"
+        return qconfig, None
+    return None, f"{name} ({type(module).__name__})"
 
 
 def _full_range_cells(module: nn.Module) -> None:
@@ -230,8 +226,9 @@ def _quantize_dynamic(
     config: DynamicQuantConfig,
     example_input: object | None,
     calibration: Iterable[object] | None,
-) -> tuple[nn.Module, dict[str, Any] | None]:
-    """:func:`quantize_dynamic`, and the smoothing summary (None without smoothing)."""
+) -> tuple[nn.Module, dict[str, Any] | None, list[str]]:
+    """:func:`quantize_dynamic`, the smoothing summary (None without smoothing) and the recurrent
+    modules kept in float."""
     set_backend(config.backend)
     linear_qconfig, embedding_qconfig, recurrent_qconfig = _qconfigs(config)
     qmodel = copy.deepcopy(model).eval()
@@ -256,6 +253,7 @@ def _quantize_dynamic(
             lambda n: config.selects(n, f"{n}.linear") and not n.startswith(inside_attention),
         )
     spec: dict[str, Any] = {}
+    kept_float: list[str] = []  # selected recurrent modules torch's dynamic quantization cannot take
     for name, module in qmodel.named_modules():
         if (
             not name
@@ -268,11 +266,21 @@ def _quantize_dynamic(
         elif config.embeddings and type(module) is nn.Embedding:
             spec[name] = embedding_qconfig
         elif config.recurrent and isinstance(module, _RECURRENT):
-            spec[name] = _recurrent_spec(name, module, recurrent_qconfig)
+            qconfig, why = _recurrent_spec(name, module, recurrent_qconfig)
+            if qconfig is None:
+                kept_float.append(why)
+            else:
+                spec[name] = qconfig
     if not spec:
         raise QtkError(
             f"dynamic quantization selected no Linear/Embedding/LSTM/GRU module with include={config.include} "
             f"exclude={config.exclude}; check the name patterns against model.named_modules()."
+        )
+    if kept_float:
+        warnings.warn(
+            f"kept in float (torch's dynamic quantization has no INT8 form for it): {', '.join(kept_float)}; "
+            "its Linear layers and the rest of the model are INT8",
+            stacklevel=3,
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao deprecation notices, once per call
@@ -283,7 +291,7 @@ def _quantize_dynamic(
                 module.__class__ = FullRangeDynamicLinear
             elif isinstance(module, torch.ao.nn.quantized.dynamic.modules.rnn.RNNBase):
                 _full_range_cells(module)
-    return qmodel, smoothing
+    return qmodel, smoothing, kept_float
 
 
 def quantized_modules(qmodel: nn.Module) -> dict[str, str]:
@@ -315,8 +323,8 @@ def _dynamic_handler(
 
     ``example_input`` is optional: with it, self-attention ``nn.MultiheadAttention`` quantizes too.
     ``calibration`` is needed only with ``smoothing`` (per-channel input ranges)."""
-    qmodel, smoothing = _quantize_dynamic(model, config, example_input, calibration)
-    details = {"config": config.to_dict(), "modules": quantized_modules(qmodel)}
+    qmodel, smoothing, kept_float = _quantize_dynamic(model, config, example_input, calibration)
+    details = {"config": config.to_dict(), "modules": quantized_modules(qmodel), "float_modules": kept_float}
     if smoothing is not None:  # which groups folded, which got a Mul, their input spreads
         details["smoothing"] = smoothing
     return QuantizedModel(qmodel, "dynamic", details)

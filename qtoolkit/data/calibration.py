@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from qtoolkit.atomic import write_text_atomic
 from qtoolkit.errors import QtkError
 from qtoolkit.runtime.batches import split_batch
+from qtoolkit.runtime.torch_runner import to_float32
 
 MANIFEST_DIR = Path(__file__).resolve().parents[2] / "calibration_data"
 
@@ -65,12 +66,12 @@ def as_reader(source: CalibrationReader | Iterable[object], arity: int = 1) -> C
 
 
 def _as_tensors(inputs: Any) -> Any:
-    """``inputs`` with arrays as tensors, keeping a tuple's or dict's structure."""
+    """``inputs`` with arrays as tensors and half/double floats as float32, keeping the structure."""
     if isinstance(inputs, Mapping):
         return {name: _as_tensors(value) for name, value in inputs.items()}
     if isinstance(inputs, tuple | list):
         return tuple(_as_tensors(value) for value in inputs)
-    return inputs if isinstance(inputs, torch.Tensor) else torch.as_tensor(np.asarray(inputs))
+    return to_float32(inputs if isinstance(inputs, torch.Tensor) else torch.as_tensor(np.asarray(inputs)))
 
 
 def _tensors(inputs: Any) -> list[torch.Tensor]:

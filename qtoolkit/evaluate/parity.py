@@ -22,7 +22,7 @@ from qtoolkit.evaluate.metrics import agreement, max_abs_diff, predictions
 from qtoolkit.export import to_reference
 from qtoolkit.runtime.batches import collect_logits
 from qtoolkit.runtime.onnx_runtimes import DEFAULT_RUNTIME, load_onnx
-from qtoolkit.runtime.torch_runner import torch_runner
+from qtoolkit.runtime.torch_runner import to_float32, torch_runner
 
 SIMULATED_OPS_ATTR = "qtk_simulated_ops"  # set of ONNX op types torch's INT8 model cannot run in integer
 TORCH_INT8, SIMULATION = "torch INT8", "QDQ simulation"
@@ -68,6 +68,7 @@ def check_parity(
         )
     if isinstance(batches, torch.Tensor | dict):  # one batch given, not an iterable of batches
         batches = [batches]
+    batches = map(to_float32, batches)  # both sides take float32 (half-precision batches are cast)
     simulated = set(getattr(int8_model, SIMULATED_OPS_ATTR, ()))
     expected_model = to_reference(int8_model) if simulated else int8_model
     model = load_onnx(onnx_path, runtime, threads, strict_fp32)

@@ -21,6 +21,7 @@ from qtoolkit.errors import QtkError
 from qtoolkit.export import float_ops  # noqa: F401  (registers float references: LayerNorm, BN, softmax)
 from qtoolkit.export.onnx_export import DEFAULT_OPSET, ExampleInput, export_onnx, onnx_op_counts
 from qtoolkit.export.reference import to_reference
+from qtoolkit.runtime.torch_runner import to_float32
 
 Exporter = Callable[[nn.Module, ExampleInput, "str | os.PathLike[str]", int, dict[str, Any]], Any]
 _EXPORTERS: dict[str, Exporter] = {}
@@ -81,7 +82,8 @@ def export_int8_onnx(
     exporter = _EXPORTERS.get(form)
     if exporter is None:
         raise QtkError(f"no INT8 exporter for form {form!r}; known: {', '.join(sorted(_EXPORTERS))}")
-    return exporter(model, example_inputs, path, opset, details)
+    # the INT8 model takes float32 (a half-precision example from a half model's pipeline is cast)
+    return exporter(model, to_float32(example_inputs), path, opset, details)
 
 
 def export_summary(result: Any) -> dict[str, Any]:

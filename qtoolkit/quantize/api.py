@@ -9,7 +9,10 @@ no second table. Handlers return a torch INT8 model that
 
 from __future__ import annotations
 
+import copy
 import inspect
+import itertools
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +22,7 @@ from torch import nn
 from qtoolkit.errors import QtkError
 from qtoolkit.quantize.base import QuantConfig
 from qtoolkit.quantize.static import StaticQuantConfig, quantize_static
+from qtoolkit.runtime.torch_runner import to_float32
 
 
 @dataclass
@@ -86,7 +90,26 @@ def quantize(model: nn.Module, config: QuantConfig, **inputs: Any) -> QuantizedM
     if unexpected:
         takes = ", ".join(accepted) or "no inputs"
         raise QtkError(f"{type(config).__name__} does not take {', '.join(unexpected)} (it takes: {takes})")
-    return method.handler(model, config, **inputs)
+    if "example_input" in inputs:
+        inputs["example_input"] = to_float32(inputs["example_input"])
+    return method.handler(_float32_model(model), config, **inputs)
+
+
+def _float32_model(model: nn.Module) -> nn.Module:
+    """``model`` when its floating weights are float32, else a float32 copy (with a warning): torch's
+    INT8 observers and kernels take float32, and the INT8 model is made from the float32 values."""
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    other = sorted(
+        {str(t.dtype).removeprefix("torch.") for t in tensors if t.is_floating_point()} - {"float32"}
+    )
+    if not other:
+        return model
+    warnings.warn(
+        f"the model's weights are {', '.join(other)}: quantizing a float32 copy (torch's INT8 kernels take "
+        "float32; your model is unchanged, and the INT8 ONNX model takes float32 inputs)",
+        stacklevel=3,
+    )
+    return copy.deepcopy(model).float()
 
 
 @register_quantizer(StaticQuantConfig)

@@ -40,6 +40,18 @@ def to_device(inputs: Any, device: torch.device) -> Any:
     return inputs
 
 
+def to_float32(inputs: Any) -> Any:
+    """``inputs`` with every float16/bfloat16/float64 tensor as float32 (what torch's INT8 kernels and
+    the exported INT8 model take), keeping a tuple's or mapping's structure."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.float() if inputs.is_floating_point() and inputs.dtype != torch.float32 else inputs
+    if isinstance(inputs, Mapping):
+        return {name: to_float32(value) for name, value in inputs.items()}
+    if isinstance(inputs, tuple | list):
+        return type(inputs)(to_float32(value) for value in inputs)
+    return inputs
+
+
 def call_model(model: nn.Module, inputs: Any) -> torch.Tensor:
     """Logits of ``model`` on one batch: ``model(x)`` for a tensor, ``model(*x)`` for a tuple,
     ``model(**x)`` for named inputs (a Hugging Face output's ``.logits``; a tuple's first item; a

@@ -1,6 +1,8 @@
-"""Static PTQ of a model with several inputs (an image and a feature vector), through the public API:
-calibration batches carry the inputs as a tuple (then the label) or a dict, the export has one ONNX
-input per forward parameter, and the ONNX model computes what torch's INT8 model computes."""
+"""Models users bring in other shapes, through the public API.
+
+Several inputs (an image and a feature vector): calibration batches carry the inputs as a tuple
+(then the label) or a dict, the export has one ONNX input per forward parameter, and the ONNX model
+computes what torch's INT8 model computes. Half-precision weights: a float32 copy is quantized."""
 
 from __future__ import annotations
 
@@ -128,3 +130,32 @@ def test_eager_mode_refuses_several_inputs_in_one_line(model) -> None:
             model, qtk.StaticQuantConfig(mode="eager"), calibration=calibration, example_input=example
         )
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("method", ["static", "dynamic"])
+def test_half_precision_model_quantizes_a_float32_copy(tmp_path, model, dtype, method) -> None:
+    """A model kept in bf16/fp16 (loaded that way for inference) quantizes from its float32 values,
+    with one warning; half-precision calibration and example inputs are cast alike; the user's model
+    keeps its dtype."""
+    import copy
+
+    half = copy.deepcopy(model).to(dtype)
+    calibration = [(i.to(dtype), f.to(dtype), y) for i, f, y in _data(2, seed=1)]
+    example = calibration[0][0][:1], calibration[0][1][:1]
+    config, inputs = (
+        (qtk.StaticQuantConfig(), {"calibration": calibration, "example_input": example})
+        if method == "static"
+        else (qtk.DynamicQuantConfig(), {})
+    )
+    with pytest.warns(
+        UserWarning, match=f"weights are {str(dtype).removeprefix('torch.')}: quantizing a float32"
+    ):
+        quantized = qtk.quantize_model(half, config, **inputs)
+    assert next(half.parameters()).dtype == dtype  # the user's model is untouched
+    qtk.export_int8_onnx(quantized, example, tmp_path / "int8.onnx")
+    session = make_session(tmp_path / "int8.onnx", threads=1)
+    assert {i.type for i in session.get_inputs()} == {"tensor(float)"}
+    held_out = [(i.to(dtype), f.to(dtype), y) for i, f, y in _data(2, seed=2)]
+    parity = qtk.check_parity(quantized, tmp_path / "int8.onnx", held_out)
+    assert parity["agreement"] == 1.0, parity

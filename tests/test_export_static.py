@@ -214,3 +214,35 @@ def test_relu_and_linear_rewrites_keep_the_numbers(tmp_path, monkeypatch):
     np.testing.assert_allclose(rewritten, plain, atol=1e-6)
     fused = _run(tmp_path / "rewritten.onnx", torch.from_numpy(x))  # with QLinearConv, NhwcMaxPool, QGemm
     assert fused.shape == (6, 5) and np.abs(fused - plain).max() < 0.05 * np.abs(plain).max()
+
+
+class _ScalarOps(nn.Module):
+    """timm-style code: functional dropout, `x + eps`, offsets within and beyond the grid's range and
+    `total = 0; total += x`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = (nn.Conv2d(c, 8, 3, padding=1) for c in (3, 8, 8))
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.dropout(torch.relu(self.conv1(x)), p=0.2, training=self.training)
+        x = self.conv2(x + 1e-6) + 0.3  # within the range: same integers, shifted zero point
+        total = 0
+        total += self.conv3(x) + 50.0  # beyond the range: torch requantizes
+        return self.head(total.flatten(2).mean(2))
+
+
+def test_dropout_and_adding_a_number_export_with_parity(tmp_path):
+    """quantized::dropout (eval) and quantized::add(x, number) have references: without them the
+    export raised "has no ONNX reference yet" (timm's GhostNet, FastViT, EdgeNeXt)."""
+    from qtoolkit.evaluate.parity import check_parity
+
+    int8 = _static(_ScalarOps().eval(), mode="fx")
+    ops = {str(n.target) for n in int8.graph.nodes if n.op == "call_function"}
+    assert {"quantized.dropout", "quantized.add"} <= ops  # the forms this test is about
+    x = torch.randn(1, 3, 16, 16)
+    export_int8_onnx(int8, x, tmp_path / "m.onnx")
+    held_out = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    parity = check_parity(int8, tmp_path / "m.onnx", [held_out])
+    assert parity["agreement"] == 1.0 and parity["max_abs_diff"] < 1e-4, parity

@@ -27,6 +27,7 @@ from torch import fx, nn
 
 from qtoolkit.errors import QtkError
 from qtoolkit.export.fixed_qparams import requantize_fixed_qparams_ops
+from qtoolkit.export.scalar_ops import add_scalar
 
 # torch quantized dtype -> (plain integer dtype, full range). Full range: torch's kernels saturate
 # there, whatever range (e.g. reduce_range) the observer used to choose the scale.
@@ -363,6 +364,13 @@ def _rewrite_fx_graph(gm: fx.GraphModule) -> None:
                 # x·c with a Python number c: torch keeps x's integers and takes scale |c|·s (flipped
                 # for c < 0), so the float product of the dequantized x is already on that grid
                 node.target, node.kwargs = operator.mul, {}
+                continue
+            if op_name == "dropout" and not node.kwargs.get("training", False):
+                node.replace_all_uses_with(node.args[0])  # eval: torch returns its input unchanged
+                graph.erase_node(node)
+                continue
+            if op_name in ("add", "add_scalar") and _scalar_form(node):
+                add_scalar(gm, node, add_qdq)
                 continue
             if op_name not in _FX_FUNCTIONAL or _scalar_form(node):
                 raise QtkError(

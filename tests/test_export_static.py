@@ -246,3 +246,42 @@ def test_dropout_and_adding_a_number_export_with_parity(tmp_path):
     held_out = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     parity = check_parity(int8, tmp_path / "m.onnx", [held_out])
     assert parity["agreement"] == 1.0 and parity["max_abs_diff"] < 1e-4, parity
+
+
+def test_saturating_torch_depthwise_kernel_is_detected_and_parity_uses_the_simulation(tmp_path):
+    """torch's x86 depthwise conv (128 channels or more on this torch) sums u8·s8 products in int16
+    pairs with saturation: with inputs and weights at full range its output is not the INT8 math that
+    onnxruntime computes (exactly). The conv is named, parity is checked against the exact QDQ
+    simulation and is then exact."""
+    from qtoolkit.evaluate.parity import SIMULATION, check_parity
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 128, 1), nn.ReLU(), nn.Conv2d(128, 128, 3, padding=1, groups=128), nn.Flatten(),
+        nn.Linear(128 * 8 * 8, 4),
+    ).eval()  # fmt: skip
+    with torch.no_grad():  # every product at full range: 255 · 127 · 2 > 32767
+        for conv in (model[0], model[2]):
+            conv.weight.fill_(1.0)
+            conv.bias.zero_()
+    generator = torch.Generator().manual_seed(0)
+    data = [torch.rand(4, 3, 8, 8, generator=generator) for _ in range(2)]
+    with pytest.warns(UserWarning, match=r"depthwise INT8 conv kernel saturates \(int16 pair sums\) in 2 "):
+        quantized = quantize(model, StaticQuantConfig(), calibration=data, example_input=data[0][:1])
+    assert quantized.details["torch_saturated_convs"] == ["2"]
+    export_int8_onnx(quantized, data[0][:1], tmp_path / "m.onnx")
+    held_out = torch.rand(16, 3, 8, 8, generator=generator)
+    parity = check_parity(quantized, tmp_path / "m.onnx", [held_out])
+    assert parity["reference"]["Conv"] == SIMULATION
+    assert parity["agreement"] == 1.0 and parity["max_abs_diff"] < 1e-4, parity
+    with torch.no_grad():  # torch's own INT8 output is far from that exact math
+        torch_gap = (
+            (quantized.int8_model(held_out) - to_reference(quantized.int8_model)(held_out)).abs().max()
+        )
+    assert torch_gap > 0.5
+    plain = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, groups=1), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+    ).eval()
+    calm = quantize(
+        plain, StaticQuantConfig(), calibration=[torch.randn(4, 3, 8, 8)], example_input=data[0][:1]
+    )
+    assert calm.details["torch_saturated_convs"] == []  # random weights, signed inputs: exact

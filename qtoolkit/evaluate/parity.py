@@ -1,9 +1,10 @@
 """Parity of an exported INT8 ONNX model with the torch INT8 model it came from.
 
 The reference is torch's converted INT8 model, whose kernels run every op the export quantizes.
-Where a graph rule quantizes more than torch.ao can run (ops named, as ONNX op types, in the INT8
-model's ``qtk_simulated_ops`` attribute), the reference is the QDQ simulation of exactly the
-exported graph (:func:`qtoolkit.export.to_reference`). ``reference`` in the result says, per
+Where a graph rule quantizes more than torch.ao can run, or torch's own kernel does not compute the
+INT8 math (a depthwise conv whose int16 pair sums saturate: quantize/kernel_check.py), the ops are
+named, as ONNX op types, in the INT8 model's ``qtk_simulated_ops`` attribute and the reference is
+the QDQ simulation of exactly the exported graph (:func:`qtoolkit.export.to_reference`). ``reference`` in the result says, per
 op kind of the ONNX graph that reads a DequantizeLinear, which of the two it was checked against.
 """
 
@@ -20,11 +21,11 @@ from torch import nn
 from qtoolkit.errors import QtkError
 from qtoolkit.evaluate.metrics import agreement, max_abs_diff, predictions
 from qtoolkit.export import to_reference
+from qtoolkit.quantize.kernel_check import SIMULATED_OPS_ATTR  # ONNX op types checked on the simulation
 from qtoolkit.runtime.batches import collect_logits
 from qtoolkit.runtime.onnx_runtimes import DEFAULT_RUNTIME, load_onnx
 from qtoolkit.runtime.torch_runner import to_float32, torch_runner
 
-SIMULATED_OPS_ATTR = "qtk_simulated_ops"  # set of ONNX op types torch's INT8 model cannot run in integer
 TORCH_INT8, SIMULATION = "torch INT8", "QDQ simulation"
 # Layout-only ops: nothing to check beyond their neighbours.
 _LAYOUT_OPS = frozenset(

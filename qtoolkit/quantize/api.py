@@ -122,6 +122,8 @@ def _static(
         "calibration_batches": result.calibration_batches,
         "float_modules": result.float_modules,
         "float_ops": result.float_ops,  # quantized by torch, float between DQ and Q in the ONNX graph
+        # depthwise convs whose torch INT8 kernel saturates (parity then uses the exact simulation)
+        "torch_saturated_convs": result.saturated,
         # what each post-training algorithm changed (layers equalized, learned-rounded, bias-corrected)
         "algorithms": {
             name.removeprefix("algorithm_"): layers

@@ -29,6 +29,7 @@ from qtoolkit.errors import QtkError
 from qtoolkit.quantize.api import QuantizedModel, register_quantizer
 from qtoolkit.quantize.base import MODES, QuantConfig, check_choice, resolve_reduce_range, set_backend
 from qtoolkit.quantize.fake_quant import qat_qconfig, quant_ranges
+from qtoolkit.quantize.kernel_check import flag_saturating_depthwise_convs
 from qtoolkit.quantize.static import resolve_mode
 from qtoolkit.train.engine import Callback, TrainConfig, TrainResult, fit
 
@@ -203,6 +204,9 @@ def _qat(
     )
     if checkpoint_dir is not None and discard_checkpoints:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    saturated = (
+        [] if example_input is None else flag_saturating_depthwise_convs(result.quantized, example_input)
+    )
     details = {
         "mode": "fx" if isinstance(result.qat_model, torch.fx.GraphModule) else "eager",
         "weight_bits": config.weight_bits,
@@ -211,5 +215,6 @@ def _qat(
         "resumed_from": result.train.resumed_from,
         "precision": train_config.precision,
         "train": result.train.summary(),  # optimizer, its state bytes, peak memory (report's train section)
+        "torch_saturated_convs": saturated,  # depthwise convs torch's INT8 kernel saturates on the example
     }
     return QuantizedModel(result.quantized, "qat", details)

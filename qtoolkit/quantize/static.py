@@ -44,7 +44,7 @@ from qtoolkit.quantize.canonical import (
 )
 from qtoolkit.quantize.float_ops import float_in_onnx
 from qtoolkit.quantize.int8_rules import apply_int8_rules, modules_on_int8
-from qtoolkit.quantize.kernel_check import verify_int8_kernels
+from qtoolkit.quantize.kernel_check import flag_saturating_depthwise_convs, verify_int8_kernels
 from qtoolkit.quantize.qconfig import ObserverSpec, build_qconfig, prelu_qconfig
 from qtoolkit.quantize.traceability import fx_error_message
 from qtoolkit.quantize.transformer_layers import make_transformers_traceable
@@ -106,6 +106,7 @@ class StaticQuantResult:
     float_ops: list[str] = field(default_factory=list)  # quantized by torch, float DQ -> op -> Q in ONNX
     observed_model: nn.Module | None = None  # calibrated float model before convert (keep_observed)
     rules: dict[str, list[str]] = field(default_factory=dict)  # what the FX rules changed
+    saturated: list[str] = field(default_factory=list)  # depthwise convs torch's kernel saturates
 
 
 def has_quant_stubs(model: nn.Module) -> bool:
@@ -306,6 +307,7 @@ def quantize_static(
                 rules.update(apply_int8_rules(int8_model))
     first = next(iter(checked_batches(calibration, arity)))
     verify_int8_kernels(int8_model.eval(), first_rows(first, 4), config.backend)  # refuses broken engines
+    saturated = flag_saturating_depthwise_convs(int8_model, first_rows(first, 8))
     on_int8 = modules_on_int8(int8_model)  # e.g. nn.Sigmoid applied to a quantized tensor
     leftovers = sorted(
         set(kept)
@@ -319,4 +321,6 @@ def quantize_static(
             said.append(f"float between DequantizeLinear/QuantizeLinear in ONNX (no integer kernel in "
                         f"ONNX Runtime): {', '.join(float_ops)}")  # fmt: skip
         warnings.warn("; ".join(said), stacklevel=2)
-    return StaticQuantResult(int8_model.eval(), mode, batches, leftovers, float_ops, observed, rules)
+    return StaticQuantResult(
+        int8_model.eval(), mode, batches, leftovers, float_ops, observed, rules, saturated
+    )

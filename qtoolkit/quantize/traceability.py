@@ -40,8 +40,23 @@ def untraceable_module(model: nn.Module) -> tuple[str, str] | None:
     return None
 
 
+def graph_module_name_clashes(model: nn.Module) -> list[str]:
+    """Children of ``model`` named like an attribute of ``torch.fx.GraphModule`` (``meta``, ``graph``,
+    ``code``, ...): FX's traced copy of the model cannot hold them, whatever the forward does."""
+    reserved = set(dir(fx.GraphModule)) | set(vars(fx.GraphModule(nn.Module(), fx.Graph())))
+    return [name for name, _ in model.named_children() if name in reserved]
+
+
 def fx_error_message(model: nn.Module, error: BaseException) -> str:
     """One line: which module FX cannot trace, why, and the two ways out."""
+    clashes = graph_module_name_clashes(model)
+    if clashes:
+        named = ", ".join(f"'{name}'" for name in clashes)
+        return (
+            f"FX cannot quantize {type(model).__name__}: its submodule {named} is named like an attribute "
+            f"of torch.fx.GraphModule, which FX's traced copy of the model needs; rename it in the model "
+            f"(e.g. self.{clashes[0]}_net)"
+        )
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     where = untraceable_module(model)
     if where is None or not where[0]:

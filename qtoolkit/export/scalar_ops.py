@@ -12,9 +12,13 @@ from torch import fx, nn
 from qtoolkit.errors import QtkError
 
 _SAME_GRID_METHODS = frozenset(
-    {"permute", "reshape", "view", "flatten", "transpose", "contiguous", "squeeze", "unsqueeze"}
+    {"permute", "reshape", "view", "flatten", "transpose", "contiguous", "squeeze", "unsqueeze", "mean"}
 )
-_SAME_GRID_MODULES = (nn.Identity, nn.Dropout, nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten)
+# torch's quantized kernels for these keep their input's (scale, zero point); mean and average pools too
+_SAME_GRID_MODULES = (
+    nn.Identity, nn.Dropout, nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.AvgPool1d, nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+)  # fmt: skip
 
 
 def add_scalar(gm: fx.GraphModule, node: fx.Node, add_qdq: Callable[..., fx.Node]) -> None:
@@ -54,8 +58,8 @@ def add_scalar(gm: fx.GraphModule, node: fx.Node, add_qdq: Callable[..., fx.Node
     out = torch.ops.quantized.add(probe, c)
     with gm.graph.inserting_before(node):  # torch adds c rounded to x's grid, round(c/s)·s
         added = gm.graph.call_function(operator.add, (x, round(c / float(scale)) * float(scale)))
-    replacement = added
-    if out.q_scale() != float(scale):  # beyond the range: requantized to torch's new qparams
-        replacement = add_qdq(added, added, out.q_scale(), out.q_zero_point(), torch.quint8)
+    # on torch's output grid: within the range the same integers with a shifted zero point (the QDQ
+    # is exact there, and keeps the tensor integer for ONNX Runtime's fusions), beyond it requantized
+    replacement = add_qdq(added, added, out.q_scale(), out.q_zero_point(), torch.quint8)
     node.replace_all_uses_with(replacement)
     gm.graph.erase_node(node)

@@ -201,36 +201,6 @@ class QuantizableWindowAttention(nn.Module):
         return x
 
 
-class QuantizableTimmAttention(nn.Module):
-    """Drop-in for timm's ``Attention`` (ViT, DeiT, BEiT-free ViT variants) without a gate: the same
-    math, with ``q @ kᵀ`` and ``p @ v`` as MatMuls torch.ao quantizes instead of the fused
-    ``scaled_dot_product_attention`` it leaves float. Its qkv/proj Linears and q/k norms are reused;
-    called with a mask or ``is_causal`` it defers to the original (float) module."""
-
-    float_softmax = False
-
-    def __init__(self, attention: nn.Module) -> None:
-        super().__init__()
-        self.num_heads, self.head_dim, self.scale = attention.num_heads, attention.head_dim, attention.scale
-        self.qkv, self.q_norm, self.k_norm = attention.qkv, attention.q_norm, attention.k_norm
-        self.norm, self.proj, self.proj_drop = attention.norm, attention.proj, attention.proj_drop
-        self.original = attention
-
-    def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
-    ) -> torch.Tensor:
-        # isinstance, not "is not None": while FX traces, a mask the model's forward only passes on is
-        # a Proxy (the example call had none, or the module would not have been rewritten)
-        if isinstance(attn_mask, torch.Tensor) or is_causal is True:
-            return self.original(x, attn_mask, is_causal)
-        length = x.shape[1]
-        qkv = self.qkv(x).reshape(-1, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = self.q_norm(qkv[0]), self.k_norm(qkv[1]), qkv[2]
-        attn = attention_softmax(torch.matmul(q, k.transpose(-2, -1)), scale=self.scale)
-        out = torch.matmul(attn, v).transpose(1, 2).reshape(-1, length, self.num_heads * self.head_dim)
-        return self.proj_drop(self.proj(self.norm(out)))
-
-
 def _swin_window_attentions() -> tuple[type, ...]:
     try:
         from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
@@ -246,24 +216,6 @@ ATTENTION_REWRITES: dict[type, AttentionBuilder] = {
 }
 for _swa in _swin_window_attentions():  # exact types (a subclass may change the math)
     ATTENTION_REWRITES[_swa] = lambda m, shape: QuantizableWindowAttention(m, shape[1], shape[2])
-# By class path, for libraries the toolkit does not import (timm): "module.QualName" -> builder.
-ATTENTION_REWRITES_BY_PATH: dict[str, AttentionBuilder] = {
-    "timm.layers.attention.Attention": lambda m, shape: QuantizableTimmAttention(m),
-}
-
-
-def _class_path(module: nn.Module) -> str:
-    return f"{type(module).__module__}.{type(module).__qualname__}"
-
-
-def _builder(module: nn.Module) -> AttentionBuilder | None:
-    return ATTENTION_REWRITES.get(type(module)) or ATTENTION_REWRITES_BY_PATH.get(_class_path(module))
-
-
-def _rewritable(module: nn.Module) -> bool:
-    if isinstance(module, nn.MultiheadAttention):
-        return _plain_mha(module)
-    return getattr(module, "gate", None) is None  # timm's gated attention multiplies by sigmoid(gate(x))
 
 
 def rewrite_attention(model: nn.Module, example_input: object) -> dict[str, nn.Module]:
@@ -281,8 +233,8 @@ def rewrite_attention(model: nn.Module, example_input: object) -> dict[str, nn.M
         name: module
         for name, module in model.named_modules()
         if name
-        and _builder(module) is not None
-        and _rewritable(module)
+        and type(module) in ATTENTION_REWRITES
+        and not (isinstance(module, nn.MultiheadAttention) and not _plain_mha(module))
         and not any(name.startswith(f"{leaf}.") for leaf in leaves)
     }
     if not targets:
@@ -293,9 +245,7 @@ def rewrite_attention(model: nn.Module, example_input: object) -> dict[str, nn.M
     def record(name: str) -> Callable[[nn.Module, tuple[object, ...], dict[str, object]], None]:
         def hook(module: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
             shapes.setdefault(name, args[0].shape if args and isinstance(args[0], torch.Tensor) else None)
-            if (isinstance(module, nn.MultiheadAttention) and not _self_attention_call(args, kwargs)) or (
-                _class_path(module) in ATTENTION_REWRITES_BY_PATH and _masked_call(args, kwargs)
-            ):
+            if isinstance(module, nn.MultiheadAttention) and not _self_attention_call(args, kwargs):
                 cross.add(name)
 
         return hook
@@ -315,7 +265,7 @@ def rewrite_attention(model: nn.Module, example_input: object) -> dict[str, nn.M
             continue  # not called on this input, or not as plain self-attention
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        done[name] = _builder(module)(module, shapes[name]).train(module.training)
+        done[name] = ATTENTION_REWRITES[type(module)](module, shapes[name]).train(module.training)
         setattr(parent, attr, done[name])
     return done
 
@@ -326,12 +276,6 @@ def _self_attention_call(args: tuple[object, ...], kwargs: dict[str, object]) ->
     bound = dict(zip(names, args, strict=False)) | kwargs
     same = bound.get("query") is bound.get("key") is bound.get("value")
     return same and bound.get("key_padding_mask") is None and bound.get("attn_mask") is None
-
-
-def _masked_call(args: tuple[object, ...], kwargs: dict[str, object]) -> bool:
-    """timm's ``Attention(x, attn_mask=None, is_causal=False)`` called with a mask or causally."""
-    bound = dict(zip(("x", "attn_mask", "is_causal"), args, strict=False)) | kwargs
-    return bound.get("attn_mask") is not None or bool(bound.get("is_causal", False))
 
 
 def _fx_leaf_names(model: nn.Module) -> list[str]:

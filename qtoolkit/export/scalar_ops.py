@@ -26,9 +26,9 @@ def add_scalar(gm: fx.GraphModule, node: fx.Node, add_qdq: Callable[..., fx.Node
 
     torch adds c rounded to x's grid: it shifts x's zero point by round(c/s) and keeps its integers
     when that stays in range (the float x + round(c/s)·s is then exact), else it requantizes that sum
-    to new qparams. Which case
-    holds, and the new qparams, come from torch's own kernel on a probe with x's (s, zero point),
-    read from the producer (a quantize node, a quantized module or a QDQ already in place)."""
+    to new qparams. The output qparams come from torch's own kernel on a probe with x's (s, zero
+    point), read from x's producer (a quantized module or a QDQ already in place, through layout
+    ops and pass-through modules that keep their input's grid)."""
     x, c = (node.args[0], node.args[1]) if isinstance(node.args[1], int | float) else node.args[::-1]
     if c == 0:  # `total = 0; total += branch`: torch returns x's own integers and qparams
         node.replace_all_uses_with(x)

@@ -4,7 +4,8 @@ The reference is torch's converted INT8 model, whose kernels run every op the ex
 Where a graph rule quantizes more than torch.ao can run, or torch's own kernel does not compute the
 INT8 math (a depthwise conv whose int16 pair sums saturate: quantize/kernel_check.py), the ops are
 named, as ONNX op types, in the INT8 model's ``qtk_simulated_ops`` attribute and the reference is
-the QDQ simulation of exactly the exported graph (:func:`qtoolkit.export.to_reference`). ``reference`` in the result says, per
+the QDQ simulation of exactly the exported graph (:func:`qtoolkit.export.to_reference`).
+``reference`` in the result says, per
 op kind of the ONNX graph that reads a DequantizeLinear, which of the two it was checked against.
 """
 
